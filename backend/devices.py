@@ -1,0 +1,39 @@
+"""Where models run and in what precision, from A1111's flag names."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Offload = Literal["none", "model", "sequential"]
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    device: torch.device
+    dtype: torch.dtype
+    offload: Offload = "none"  # --medvram: model CPU offload; --lowvram: sequential offload
+
+    @classmethod
+    def from_flags(cls, device: str | None = None, no_half: bool = False, lowvram: bool = False,
+                   medvram: bool = False) -> "DeviceSettings":
+        if device:
+            dev = torch.device(device)
+        elif torch.cuda.is_available():
+            dev = torch.device("cuda")
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            dev = torch.device("mps")
+        else:
+            dev = torch.device("cpu")
+        # fp16 on accelerators as A1111 does; fp32 on the CPU, where half precision is slow or missing.
+        dtype = torch.float32 if dev.type == "cpu" or no_half else torch.float16
+        offload: Offload = "sequential" if lowvram else "model" if medvram else "none"
+        if dev.type == "cpu":
+            offload = "none"  # offloading to the CPU from the CPU means nothing
+        return cls(device=dev, dtype=dtype, offload=offload)
+
+    @property
+    def generator_device(self) -> str:
+        # Noise is drawn on the CPU so the same seed gives the same image on every device, like A1111's default.
+        return "cpu"
