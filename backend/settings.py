@@ -1,0 +1,191 @@
+"""User options, stored in config.json under A1111's option names.
+
+A1111 keeps options in a module global (`shared.opts`); here one OptionsStore
+object is created at start-up and passed to whoever needs it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+log = logging.getLogger(__name__)
+
+
+class Options(BaseModel):
+    """Every user option, with the defaults A1111 users expect."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    outdir_txt2img_samples: str = Field(
+        "outputs/txt2img-images", description="Folder where text-to-image pictures are saved."
+    )
+    outdir_img2img_samples: str = Field(
+        "outputs/img2img-images", description="Folder where image-to-image pictures are saved."
+    )
+    outdir_extras_samples: str = Field(
+        "outputs/extras-images", description="Folder where upscaled and restored pictures are saved."
+    )
+    outdir_txt2img_grids: str = Field(
+        "outputs/txt2img-grids", description="Folder where grids of text-to-image batches are saved."
+    )
+    samples_filename_pattern: str = Field(
+        "",
+        description="Pattern for image file names, e.g. [seed]-[prompt_words]. "
+        "Empty means [seed]. A running number is always put in front.",
+    )
+    samples_format: Literal["png", "jpg", "jpeg", "webp"] = Field(
+        "png", description="File format for saved pictures: png, jpg, jpeg or webp."
+    )
+    save_to_dirs: bool = Field(
+        True, description="Save pictures into a sub-folder per day (YYYY-MM-DD)."
+    )
+    jpeg_quality: int = Field(
+        80, ge=1, le=100, description="Quality for JPEG and WebP files, 1 (smallest) to 100 (best)."
+    )
+    live_previews_enable: bool = Field(
+        True, description="Show a preview of the picture while it is being generated."
+    )
+    show_progress_every_n_steps: int = Field(
+        5, ge=0, le=100, description="Update the live preview every this many steps; 0 turns it off."
+    )
+    sd_checkpoints_limit: int = Field(
+        1, ge=1, le=10, description="How many checkpoints to keep loaded in memory at once."
+    )
+    default_sampler: str = Field(
+        "Euler a", description="Sampler picked when a new generation does not name one."
+    )
+    sd_model_checkpoint: str = Field(
+        "", description="Checkpoint loaded at start-up; empty means the first one found."
+    )
+    CLIP_stop_at_last_layers: int = Field(
+        1, ge=1, le=12,
+        description="Clip skip: stop the text encoder this many layers before the end (1 = use all).",
+    )
+
+
+# Options that name folders on the server. The API must not let clients set
+# these, or a remote user could make the app write anywhere on disk.
+PATH_OPTIONS: frozenset[str] = frozenset(
+    {"outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples",
+     "outdir_txt2img_grids"}
+)
+
+Listener = Callable[[Options, Options], None]
+
+
+class OptionsStore:
+    """Holds the current Options, saves them to config.json, tells listeners."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._options = Options()
+        # Keys we do not know (an A1111 config.json has hundreds): kept and
+        # written back so other tools' settings survive our saves.
+        self._unknown: dict[str, Any] = {}
+        self._listeners: list[Listener] = []
+        # Reentrant so a listener may read (or even update) the store.
+        self._lock = threading.RLock()
+
+    @property
+    def options(self) -> Options:
+        """A copy of the current options; change them through update()."""
+        with self._lock:
+            return self._options.model_copy()
+
+    @property
+    def unknown_keys(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._unknown)
+
+    def load(self) -> Options:
+        """Read config.json if it exists; bad content is logged, never fatal."""
+        with self._lock:
+            data = self._read_file()
+            known = {k: v for k, v in data.items() if k in Options.model_fields}
+            unknown = {k: v for k, v in data.items() if k not in Options.model_fields}
+            if unknown:
+                log.info("%s: keeping %d unknown option(s) aside: %s",
+                         self.path, len(unknown), ", ".join(sorted(unknown)))
+            new = Options()
+            # One bad value must not reset the others, so validate one by one.
+            for key, value in known.items():
+                try:
+                    new = Options.model_validate({**new.model_dump(), key: value})
+                except ValidationError as err:
+                    log.warning("%s: ignoring invalid value for %s: %s", self.path, key,
+                                err.errors()[0]["msg"])
+            old, self._options, self._unknown = self._options, new, unknown
+            if new != old:
+                self._notify(old, new)
+            return new.model_copy()
+
+    def update(self, **changes: Any) -> Options:
+        """Validate all changes, save them, then tell listeners.
+
+        Raises pydantic.ValidationError (naming the fields) and changes nothing
+        if any value is bad or any name is unknown.
+        """
+        with self._lock:
+            old = self._options
+            new = Options.model_validate({**old.model_dump(), **changes})
+            if new == old:
+                return new.model_copy()
+            self._write_file(new)
+            self._options = new
+            self._notify(old, new)
+            return new.model_copy()
+
+    def subscribe(self, callback: Listener) -> None:
+        """Call callback(old, new) after each change, so it applies without a restart."""
+        with self._lock:
+            self._listeners.append(callback)
+
+    def _read_file(self) -> dict[str, Any]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except OSError as err:
+            log.warning("could not read settings file %s, using defaults: %s", self.path, err)
+            return {}
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            log.warning("settings file %s is not valid JSON, using defaults: %s", self.path, err)
+            return {}
+        if not isinstance(data, dict):
+            log.warning("settings file %s does not hold a JSON object, using defaults", self.path)
+            return {}
+        return data
+
+    def _write_file(self, options: Options) -> None:
+        # Temp file + fsync + os.replace: a crash mid-write leaves the old
+        # config.json whole instead of a truncated one.
+        data = {**self._unknown, **options.model_dump()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                        dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=4, ensure_ascii=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_name, self.path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+    def _notify(self, old: Options, new: Options) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback(old.model_copy(), new.model_copy())
+            except Exception:  # one broken listener must not block the others
+                log.exception("options listener %r failed", callback)
