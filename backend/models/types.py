@@ -53,6 +53,7 @@ class CheckpointInfo:
     name: str  # path relative to the checkpoint dir, as A1111 shows it ("sub/model.safetensors")
     sha256: str | None = None  # filled lazily (hash cache) or when loaded
     error: str | None = None  # set when the entry is listed as unsupported
+    variant: ModelVariant | None = None  # known from the header at scan time (safetensors) or after loading
 
     @property
     def model_name(self) -> str:

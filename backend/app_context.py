@@ -1,0 +1,64 @@
+"""Everything a running studio holds, built once at start-up and passed explicitly.
+
+The UI and the API both receive this object; nothing here lives in a module
+global. `build_app_context` is the one place that wires the pieces together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend.devices import DeviceSettings
+from backend.generation.service import GenerationService
+from backend.models.hashing import HashCache
+from backend.models.manager import ModelManager
+from backend.prompts.styles import StyleStore
+from backend.settings import Options, OptionsStore
+
+STARTER_STYLES = Path(__file__).parent / "prompts" / "starter_styles.csv"
+
+
+@dataclass
+class AppPaths:
+    root: Path  # the studio's folder: config.json, styles.csv and relative output folders live here
+    checkpoint_dirs: list[Path] = field(default_factory=list)
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def styles_file(self) -> Path:
+        return self.root / "styles.csv"
+
+    @property
+    def cache_file(self) -> Path:
+        return self.root / "cache.json"
+
+
+@dataclass
+class AppContext:
+    root: Path
+    options: OptionsStore
+    styles: StyleStore
+    manager: ModelManager
+    service: GenerationService
+    device: DeviceSettings
+
+
+def build_app_context(paths: AppPaths, device: DeviceSettings) -> AppContext:
+    options = OptionsStore(paths.config_file)
+    options.load()
+    styles = StyleStore(paths.styles_file, STARTER_STYLES)
+    dirs = paths.checkpoint_dirs or [paths.root / "models" / "Stable-diffusion"]
+    manager = ModelManager(dirs, device, cache_size=options.options.sd_checkpoints_limit,
+                           hash_cache=HashCache(paths.cache_file))
+    options.subscribe(lambda old, new: _apply_options(manager, old, new))
+    service = GenerationService(manager, options, styles, device, root=paths.root)
+    return AppContext(root=paths.root, options=options, styles=styles, manager=manager, service=service, device=device)
+
+
+def _apply_options(manager: ModelManager, old: Options, new: Options) -> None:
+    """Settings that take effect at once, without a restart."""
+    if old.sd_checkpoints_limit != new.sd_checkpoints_limit:
+        manager.cache_size = new.sd_checkpoints_limit

@@ -1,0 +1,163 @@
+"""The one owner of model state: the checkpoint list, the loaded pipelines, the device lock.
+
+Created once by launch.py and passed explicitly. A request names its
+checkpoint; `load` returns it from the in-memory cache (a hot swap) or reads
+it from disk. A file that fails to load raises CheckpointLoadError and
+leaves every loaded model as it was: the new model is built completely
+before anything is evicted.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from backend.devices import DeviceSettings
+from backend.models import architecture as arch
+from backend.models.errors import CheckpointLoadError, UnknownCheckpointError
+from backend.models.hashing import HashCache
+from backend.models.loader import load_diffusers_folder, load_single_file, prediction_hint
+from backend.models.safe_load import read_safetensors_header, sniff_format
+from backend.models.types import CheckpointInfo, LoadedCheckpoint
+
+log = logging.getLogger(__name__)
+CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+class ModelManager:
+    def __init__(self, checkpoint_dirs: list[Path], device: DeviceSettings, cache_size: int = 1,
+                 hash_cache: HashCache | None = None):
+        self.checkpoint_dirs = [Path(d) for d in checkpoint_dirs]
+        self.device = device
+        self.hashes = hash_cache or HashCache(None)
+        self.device_lock = threading.RLock()  # one job on the device at a time
+        self._lock = threading.RLock()  # guards the list and the cache
+        self._cache_size = max(1, cache_size)
+        self._entries: list[CheckpointInfo] = []
+        self._loaded: OrderedDict[Path, LoadedCheckpoint] = OrderedDict()  # least recently used first
+        self.refresh()
+
+    # ------------------------------------------------------------------ listing
+
+    def refresh(self) -> list[CheckpointInfo]:
+        """Rescan the checkpoint folders. Unreadable or foreign files are listed with the reason."""
+        entries: dict[Path, CheckpointInfo] = {}
+        for root in self.checkpoint_dirs:
+            if not root.is_dir():
+                continue
+            for path in sorted(root.rglob("*")):
+                if path.is_dir() and (path / "model_index.json").is_file():
+                    entries[path.resolve()] = CheckpointInfo(path=path, name=path.relative_to(root).as_posix())
+                elif path.is_file() and path.suffix.lower() in CHECKPOINT_EXTENSIONS and not _inside_diffusers(path, root):
+                    entries[path.resolve()] = self._describe(path, root)
+        with self._lock:
+            for loaded in self._loaded.values():  # keep what loading learnt (hash, variant)
+                if (found := entries.get(loaded.info.path.resolve())) and found.error is None:
+                    entries[loaded.info.path.resolve()] = loaded.info
+            self._entries = sorted(entries.values(), key=lambda e: e.name.lower())
+            return list(self._entries)
+
+    def _describe(self, path: Path, root: Path) -> CheckpointInfo:
+        info = CheckpointInfo(path=path, name=path.relative_to(root).as_posix())
+        try:
+            info.sha256 = self.hashes.cached(path)
+            if sniff_format(path) == "safetensors":  # cheap: shapes from the header, no tensor data read
+                shapes, _ = read_safetensors_header(path)
+                info.variant = arch.detect_variant(shapes, prediction_hint(path))
+        except (CheckpointLoadError, arch.UnsupportedCheckpoint, OSError) as exc:
+            info.error = str(exc).removeprefix(f"{path.name}: ")
+        return info
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        with self._lock:
+            return list(self._entries)
+
+    def find(self, name: str) -> CheckpointInfo:
+        """By title "name [hash]", file name, name without extension, or short hash, as A1111 accepts."""
+        wanted = name.strip()
+        with self._lock:
+            entries = list(self._entries)
+        for match in (
+            lambda e: e.title == wanted,
+            lambda e: e.name == wanted,
+            lambda e: e.model_name == wanted,
+            lambda e: Path(e.name).name == wanted or Path(e.model_name).name == wanted,
+            lambda e: e.title.split(" [")[0] == wanted.split(" [")[0],
+            lambda e: bool(e.sha256) and wanted.lower() in (e.sha256[:10], e.sha256[:8], e.sha256),
+        ):
+            found = [e for e in entries if match(e)]
+            if found:
+                return found[0]
+        raise UnknownCheckpointError(f"unknown checkpoint {name!r}; press refresh or check models/Stable-diffusion")
+
+    def default_checkpoint(self) -> CheckpointInfo | None:
+        with self._lock:
+            if self._loaded:
+                return next(reversed(self._loaded.values())).info
+            return next((e for e in self._entries if e.error is None), None)
+
+    # ------------------------------------------------------------------ loading
+
+    @property
+    def cache_size(self) -> int:
+        return self._cache_size
+
+    @cache_size.setter
+    def cache_size(self, size: int) -> None:
+        with self._lock:
+            self._cache_size = max(1, int(size))
+            self._evict(keep=self._cache_size)
+
+    def loaded(self) -> list[LoadedCheckpoint]:
+        with self._lock:
+            return list(self._loaded.values())
+
+    def load(self, name: str) -> LoadedCheckpoint:
+        info = self.find(name)
+        if info.error:
+            raise CheckpointLoadError(f"{info.name}: {info.error}")
+        key = info.path.resolve()
+        with self._lock:
+            if key in self._loaded:  # hot swap: already in memory
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+        # Build the new model completely before anything is evicted, so a bad file loses nothing.
+        loaded = self._read(info)
+        with self._lock:
+            self._evict(keep=self._cache_size - 1)
+            self._loaded[key] = loaded
+            return loaded
+
+    def _read(self, info: CheckpointInfo) -> LoadedCheckpoint:
+        log.info("loading checkpoint %s", info.name)
+        if info.path.is_dir():
+            pipe, variant = load_diffusers_folder(info.path, self.device)
+        else:
+            pipe, variant = load_single_file(info.path, self.device)
+            info.sha256 = self.hashes.sha256(info.path)
+        info.variant = variant
+        return LoadedCheckpoint(info=info, variant=variant, pipe=pipe)
+
+    def unload_all(self) -> None:
+        with self._lock:
+            self._evict(keep=0)
+
+    def _evict(self, keep: int) -> None:
+        evicted = False
+        while len(self._loaded) > max(keep, 0):
+            _, old = self._loaded.popitem(last=False)
+            log.info("unloading checkpoint %s", old.info.name)
+            old.pipe = None
+            evicted = True
+        if evicted:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def _inside_diffusers(path: Path, root: Path) -> bool:
+    return any((parent / "model_index.json").is_file() for parent in path.parents if parent != root and root in parent.parents)
