@@ -1,0 +1,73 @@
+"""Start the studio: install what is missing, build the app context, serve the UI and the API.
+
+    python launch.py            # install what is missing, then serve http://127.0.0.1:7860
+    python launch.py --test     # install what is missing (test tools, Chromium too), then run the tests
+
+Flags keep A1111's names (--listen, --port, --share, --api, --ckpt-dir, --no-half, --medvram, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Local Stable Diffusion studio")
+    p.add_argument("--test", action="store_true", help="install test tools and run the test suite, then exit")
+    p.add_argument("--skip-install", action="store_true", help="do not check or install packages")
+    p.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 so other machines can connect")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also serve over a public Gradio link")
+    p.add_argument("--api", action="store_true", help="mount the A1111-compatible API under /sdapi/v1")
+    p.add_argument("--nowebui", action="store_true", help="serve the API only, without the UI")
+    p.add_argument("--data-dir", type=Path, default=ROOT, help="where config.json, styles.csv and outputs live")
+    p.add_argument("--ckpt-dir", type=Path, action="append", default=None,
+                   help="checkpoint folder (default models/Stable-diffusion); may be given more than once")
+    p.add_argument("--ckpt", default=None, help="checkpoint to select at start")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: best available)")
+    p.add_argument("--no-half", action="store_true", help="run in fp32 even on a GPU")
+    p.add_argument("--medvram", action="store_true", help="keep only the active model part on the GPU")
+    p.add_argument("--lowvram", action="store_true", help="stream weights to the GPU layer by layer (slow)")
+    p.add_argument("--gradio-auth", default=None, help="user:password[,user2:password2] for the UI")
+    p.add_argument("--tls-keyfile", default=None)
+    p.add_argument("--tls-certfile", default=None)
+    return p.parse_args(argv)
+
+
+def run_tests(extra: list[str]) -> int:
+    from backend.install import ensure_chromium, ensure_requirements
+
+    ensure_requirements(ROOT / "requirements.txt", ROOT / "tests" / "requirements.txt")
+    ensure_chromium()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    return subprocess.call([sys.executable, "-m", "pytest", *extra], cwd=ROOT, env=env)
+
+
+def serve(args: argparse.Namespace) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub unless the user asks
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from ui.server import serve_studio
+
+    serve_studio(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--test" in argv:
+        return run_tests([a for a in argv if a != "--test"])
+    args = parse_args(argv)
+    if not args.skip_install:
+        from backend.install import ensure_requirements
+
+        ensure_requirements(ROOT / "requirements.txt")
+    serve(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

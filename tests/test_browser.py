@@ -1,0 +1,96 @@
+"""End to end in a real browser: launch.py on a tiny checkpoint, headless Chromium, type, Generate, see the image."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"launch.py exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"launch.py did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def running_studio(tmp_path, checkpoint_dir):
+    models = tmp_path / "Stable-diffusion"
+    models.mkdir()
+    shutil.copy(checkpoint_dir / "sd1.safetensors", models / "tiny-sd1.safetensors")
+    port = _free_port()
+    log = tmp_path / "launch.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "launch.py"), "--skip-install", "--port", str(port), "--api",
+             "--ckpt-dir", str(models), "--data-dir", str(tmp_path), "--device", "cpu"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/", process, log)
+        yield f"http://127.0.0.1:{port}/", tmp_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (launch.py --test installs it)")
+def test_type_prompt_generate_and_see_the_image(running_studio):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, data_dir = running_studio
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, wait_until="domcontentloaded")
+            # The layout A1111 users know: checkpoint picker on top, then the tabs.
+            expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value("tiny-sd1.safetensors",
+                                                                                     timeout=60_000)
+            for tab in ("txt2img", "img2img", "Extras", "PNG Info", "Settings", "Extensions"):
+                expect(page.get_by_role("tab", name=tab)).to_be_visible()
+            page.locator("#txt2img_prompt textarea").fill("a red circle on a blue background")
+            page.locator("#txt2img_steps input[type=number]").fill("3")
+            page.locator("#txt2img_width input[type=number]").fill("128")
+            page.locator("#txt2img_height input[type=number]").fill("128")
+            page.locator("#txt2img_seed input").fill("1234")
+            page.locator("#txt2img_generate").click()
+            image = page.locator("#txt2img_gallery img").first
+            expect(image).to_be_visible(timeout=120_000)
+            expect(page.locator("#txt2img_info")).to_contain_text("Seed: 1234", timeout=30_000)
+            page.screenshot(path=str(data_dir / "txt2img.png"))
+        finally:
+            browser.close()
+    saved = sorted((data_dir / "outputs" / "txt2img-images").rglob("*.png"))
+    assert [p.name for p in saved] == ["00000-1234.png"]

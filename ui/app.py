@@ -1,0 +1,102 @@
+"""The page: checkpoint picker on top, tabs below, in the layout A1111 users know."""
+from __future__ import annotations
+
+import html
+import logging
+
+import gradio as gr
+
+from backend.app_context import AppContext
+from ui.errors import user_message
+from ui.png_info import build_png_info_tab
+from ui.session_jobs import SessionJobs
+from ui.settings_tab import build_settings_tab
+from ui.txt2img import build_txt2img_tab
+
+log = logging.getLogger(__name__)
+
+CSS = """
+.studio-progress { position: relative; height: 22px; background: var(--block-background-fill);
+  border: 1px solid var(--border-color-primary); border-radius: 4px; overflow: hidden; }
+.studio-progress-bar { position: absolute; inset: 0 auto 0 0; background: var(--color-accent-soft); }
+.studio-progress-text { position: relative; padding-left: 6px; font-size: 0.85em; }
+#refresh_checkpoints { max-width: 48px; }
+"""
+
+
+def checkpoint_choices(ctx: AppContext) -> list[str]:
+    return [e.title for e in ctx.manager.checkpoints() if e.error is None]
+
+
+def selected_checkpoint(ctx: AppContext) -> str | None:
+    wanted = ctx.options.options.sd_model_checkpoint
+    if wanted:
+        try:
+            return ctx.manager.find(wanted).title
+        except ValueError:
+            log.warning("the saved checkpoint %r is not in the list any more", wanted)
+    default = ctx.manager.default_checkpoint()
+    return default.title if default else None
+
+
+def status_line(ctx: AppContext) -> str:
+    entries = ctx.manager.checkpoints()
+    usable = [e for e in entries if e.error is None]
+    lines = []
+    if not usable:
+        folders = ", ".join(str(d) for d in ctx.manager.checkpoint_dirs)
+        lines.append(f"No usable checkpoint yet: put `.safetensors` or `.ckpt` files in `{folders}` and press 🔄.")
+    for e in entries:
+        if e.error:
+            lines.append(f"⚠ `{html.escape(e.name)}` is not usable: {html.escape(e.error)}")
+    return "\n\n".join(lines)
+
+
+def build_ui(ctx: AppContext) -> gr.Blocks:
+    jobs = SessionJobs()
+    with gr.Blocks(title="Stable Diffusion Studio", analytics_enabled=False) as demo:
+        with gr.Row(elem_id="quicksettings"):
+            checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=checkpoint_choices(ctx),
+                                     value=selected_checkpoint(ctx), elem_id="setting_sd_model_checkpoint",
+                                     scale=4, allow_custom_value=False)
+            refresh = gr.Button("🔄", elem_id="refresh_checkpoints", scale=0, min_width=48)
+        status = gr.Markdown(status_line(ctx), elem_id="checkpoint_status")
+
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("txt2img", id="txt2img"):
+                build_txt2img_tab(ctx, jobs, checkpoint)
+            with gr.Tab("img2img", id="img2img"):
+                gr.Markdown("img2img, sketch, inpaint and outpaint arrive with the next milestone.")
+            with gr.Tab("Extras", id="extras"):
+                gr.Markdown("Upscalers and face restoration arrive with a later milestone.")
+            with gr.Tab("PNG Info", id="pnginfo"):
+                build_png_info_tab()
+            with gr.Tab("Settings", id="settings"):
+                build_settings_tab(ctx)
+            with gr.Tab("Extensions", id="extensions"):
+                gr.Markdown("Extensions arrive with a later milestone.")
+
+        def do_refresh(current):
+            ctx.manager.refresh()
+            choices = checkpoint_choices(ctx)
+            value = current if current in choices else selected_checkpoint(ctx)
+            return gr.update(choices=choices, value=value), status_line(ctx)
+
+        def pick(title):
+            if not title:
+                return gr.skip(), status_line(ctx)
+            previous = ctx.options.options.sd_model_checkpoint
+            try:
+                with ctx.manager.device_lock:
+                    loaded = ctx.manager.load(title)
+                ctx.options.update(sd_model_checkpoint=loaded.info.title)
+            except Exception as exc:  # the old model keeps serving; put the picker back
+                gr.Warning(user_message(exc))
+                back = ctx.manager.find(previous).title if previous else None
+                return gr.update(value=back), status_line(ctx)
+            # Loading computes the hash, which changes the title: refresh the choices.
+            return gr.update(choices=checkpoint_choices(ctx), value=loaded.info.title), status_line(ctx)
+
+        refresh.click(do_refresh, inputs=checkpoint, outputs=[checkpoint, status], queue=False)
+        checkpoint.input(pick, inputs=checkpoint, outputs=[checkpoint, status])
+    return demo

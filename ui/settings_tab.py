@@ -1,0 +1,60 @@
+"""The Settings tab: one widget per option, generated from the Options model, saved atomically."""
+from __future__ import annotations
+
+import typing
+
+import gradio as gr
+
+from backend.app_context import AppContext
+from backend.generation.samplers import SAMPLER_NAMES
+from backend.settings import Options
+from ui.errors import user_message
+
+# Options chosen elsewhere in the UI (the checkpoint picker on top).
+HIDDEN = {"sd_model_checkpoint"}
+
+
+def _widget(name: str, field, value):
+    label = name.replace("_", " ")
+    info = field.description
+    annotation = field.annotation
+    if name == "default_sampler":
+        return gr.Dropdown(label=label, info=info, choices=list(SAMPLER_NAMES), value=value)
+    if typing.get_origin(annotation) is typing.Literal:
+        return gr.Dropdown(label=label, info=info, choices=list(typing.get_args(annotation)), value=value)
+    if annotation is bool:
+        return gr.Checkbox(label=label, info=info, value=value)
+    if annotation in (int, float):
+        return gr.Number(label=label, info=info, value=value, precision=0 if annotation is int else None)
+    return gr.Textbox(label=label, info=info, value=value)
+
+
+def build_settings_tab(ctx: AppContext) -> None:
+    current = ctx.options.options
+    names = [n for n in Options.model_fields if n not in HIDDEN]
+    with gr.Row():
+        apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
+        reload = gr.Button("Reload from config.json", elem_id="settings_reload")
+    result = gr.Markdown(elem_id="settings_result")
+    widgets = [_widget(n, Options.model_fields[n], getattr(current, n)) for n in names]
+
+    def save(*values):
+        opts = ctx.options.options
+        changes = {n: v for n, v in zip(names, values) if v != getattr(opts, n)}
+        for n, v in list(changes.items()):
+            if Options.model_fields[n].annotation is int and isinstance(v, float):
+                changes[n] = int(v)
+        if not changes:
+            return "Nothing changed."
+        try:
+            ctx.options.update(**changes)
+        except Exception as exc:
+            return f"Not saved: {user_message(exc)}"
+        return f"Saved {len(changes)} setting(s): {', '.join(sorted(changes))}."
+
+    def load():
+        opts = ctx.options.load()
+        return [getattr(opts, n) for n in names]
+
+    apply.click(save, inputs=widgets, outputs=result)
+    reload.click(load, outputs=widgets)
