@@ -1,0 +1,277 @@
+"""Translate between A1111's API shapes and the studio's own request/result types.
+
+Fields we honour are mapped onto `Txt2ImgRequest`. A field we cannot honour is
+accepted at its default (or a value that changes nothing) and refused with a
+message naming it otherwise: a client must never get a picture made without
+the setting it asked for. `comments`, `do_not_save_grid`, `eta`,
+`firstphase_*`, `force_task_id` and `override_settings_restore_afterwards` are
+ignored (overrides never touch the global options here anyway).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from pydantic import ValidationError
+
+from backend.api.schemas import StableDiffusionTxt2ImgProcessingAPI as ApiTxt2Img
+from backend.generation.request import HiresFix, Txt2ImgRequest
+from backend.generation.samplers import (
+    SAMPLER_NAMES,
+    SCHEDULE_TYPES,
+    effective_schedule,
+    resolve_sampler_name,
+    resolve_schedule_type,
+    split_legacy_sampler_name,
+)
+from backend.images.infotext import parse_infotext
+from backend.settings import Options
+
+
+class ApiFieldError(ValueError):
+    """Request fields we refuse; `problems` holds (A1111 field name, reason) pairs."""
+
+    status_code = 422
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{field}: {reason}" for field, reason in problems))
+
+
+class ForbiddenFieldError(ApiFieldError):
+    """Fields a client may not set through the API at all (folder paths)."""
+
+    status_code = 403
+
+
+# --- schedule types -------------------------------------------------------
+
+def scheduler_api_name(label: str) -> str:
+    """A1111's lowercase API name for a schedule type label: "SGM Uniform" -> "sgm_uniform"."""
+    return label.lower().replace(" ", "_")
+
+
+def resolve_scheduler(name: str | None) -> str:
+    """Our label for an A1111 schedule type given as label or API name; unknown names pass through."""
+    if not name:
+        return "Automatic"
+    try:
+        return resolve_schedule_type(name)
+    except ValueError:
+        return name  # Txt2ImgRequest's validator names the field and lists the choices
+
+
+def _sampler(name: str) -> str:
+    try:
+        return resolve_sampler_name(name)
+    except (KeyError, ValueError):
+        return name  # Txt2ImgRequest's validator names the field and lists the choices
+
+
+# --- fields we cannot honour ----------------------------------------------
+
+def _is(*neutral: Any) -> Callable[[Any], bool]:
+    return lambda value: value in neutral
+
+
+# field -> (value is harmless?, why we refuse other values)
+_UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "subseed_strength": (_is(0), "variation seeds are not supported"),
+    "seed_resize_from_h": (lambda v: v <= 0, "resizing the seed from another size is not supported"),
+    "seed_resize_from_w": (lambda v: v <= 0, "resizing the seed from another size is not supported"),
+    "restore_faces": (_is(None, False), "face restoration is not supported in txt2img"),
+    "tiling": (_is(None, False), "tiling is not supported"),
+    "s_min_uncond": (_is(None, 0), "s_min_uncond is not supported"),
+    "s_churn": (_is(None, 0), "s_churn is not supported"),
+    "s_tmin": (_is(None, 0), "s_tmin is not supported"),
+    "s_tmax": (lambda v: v in (None, 0) or v == math.inf, "s_tmax is not supported"),
+    "s_noise": (_is(None, 1), "s_noise is not supported"),
+    "refiner_checkpoint": (_is(None, "", "None"), "the SDXL refiner is not supported"),
+    "firstpass_image": (_is(None, ""), "a first-pass image is not supported"),
+    "script_name": (_is(None, ""), "scripts are not supported"),
+}
+
+_HIRES_SAME = {
+    "hr_checkpoint_name": "Use same checkpoint",
+    "hr_sampler_name": "Use same sampler",
+    "hr_scheduler": "Use same scheduler",
+}
+
+
+def _refusals(req: ApiTxt2Img, sampler: str, scheduler: str) -> list[tuple[str, str]]:
+    problems = [(f, why) for f, (ok, why) in _UNSUPPORTED.items() if not ok(getattr(req, f))]
+    if req.disable_extra_networks and "<" in req.prompt + req.negative_prompt:
+        problems.append(("disable_extra_networks", "cannot ignore <...> networks in the prompt"))
+    for name in req.alwayson_scripts:
+        problems.append((f"alwayson_scripts.{name}", "always-on scripts are not supported"))
+    if req.enable_hr:
+        same = {
+            "hr_checkpoint_name": req.hr_checkpoint_name in (None, "", _HIRES_SAME["hr_checkpoint_name"]),
+            "hr_sampler_name": req.hr_sampler_name in (None, "", _HIRES_SAME["hr_sampler_name"])
+            or _sampler(req.hr_sampler_name) == sampler,
+            "hr_scheduler": req.hr_scheduler in (None, "", _HIRES_SAME["hr_scheduler"])
+            or resolve_scheduler(req.hr_scheduler) == scheduler,
+            "hr_prompt": req.hr_prompt in ("", req.prompt),
+            "hr_negative_prompt": req.hr_negative_prompt in ("", req.negative_prompt),
+        }
+        problems += [(f, "a different second-pass value is not supported") for f, ok in same.items() if not ok]
+    return problems
+
+
+# override_settings key -> Txt2ImgRequest field
+_OVERRIDABLE = {"sd_model_checkpoint": "checkpoint", "CLIP_stop_at_last_layers": "clip_skip"}
+
+
+def _overrides(overrides: dict[str, Any], options: Options) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Request fields from override_settings; other keys only when they change nothing."""
+    fields: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    current = options.model_dump()
+    for key, value in overrides.items():
+        where = f"override_settings.{key}"
+        if key in _OVERRIDABLE:
+            if value not in (None, ""):
+                fields[_OVERRIDABLE[key]] = value
+        elif key not in Options.model_fields:
+            problems.append((where, "unknown option"))
+        else:
+            try:
+                same = Options.model_validate({**current, key: value}) == options
+            except ValidationError:
+                same = False
+            if not same:
+                problems.append((where, "this option cannot be overridden per request"))
+    return fields, problems
+
+
+# --- infotext -------------------------------------------------------------
+
+# infotext key -> A1111 request field, as A1111's "paste fields" for txt2img
+_INFOTEXT_FIELDS = {
+    "Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps": "steps",
+    "Sampler": "sampler_name", "Schedule type": "scheduler", "CFG scale": "cfg_scale",
+    "Seed": "seed", "Size-1": "width", "Size-2": "height",
+    "Variation seed": "subseed", "Variation seed strength": "subseed_strength",
+    "Seed resize from-1": "seed_resize_from_w", "Seed resize from-2": "seed_resize_from_h",
+    "Denoising strength": "denoising_strength", "Hires upscale": "hr_scale",
+    "Hires upscaler": "hr_upscaler", "Hires steps": "hr_second_pass_steps",
+    "Hires resize-1": "hr_resize_x", "Hires resize-2": "hr_resize_y",
+    "Hires checkpoint": "hr_checkpoint_name", "Hires sampler": "hr_sampler_name",
+    "Hires schedule type": "hr_scheduler", "Hires prompt": "hr_prompt",
+    "Hires negative prompt": "hr_negative_prompt",
+}
+
+
+def apply_infotext(req: ApiTxt2Img) -> ApiTxt2Img:
+    """Fill the fields the client did not set from `req.infotext`, like A1111 1.8+."""
+    if not req.infotext:
+        return req
+    params = parse_infotext(req.infotext)
+    values: dict[str, Any] = {f: params[k] for k, f in _INFOTEXT_FIELDS.items() if k in params}
+    if "Denoising strength" in params and any(k in params for k in ("Hires upscale", "Hires upscaler", "Hires resize-1")):
+        values["enable_hr"] = True
+    overrides = dict(req.override_settings)
+    if "Clip skip" in params:
+        overrides.setdefault("CLIP_stop_at_last_layers", params["Clip skip"])
+    explicit = req.model_dump(exclude_unset=True)
+    merged = {**values, **explicit, "override_settings": overrides, "infotext": None}
+    return ApiTxt2Img.model_validate(merged)
+
+
+# --- request --------------------------------------------------------------
+
+_FIELD_NAMES = {  # our field path -> A1111 field name, for error messages
+    "hires.upscaler": "hr_upscaler", "hires.upscale_by": "hr_scale",
+    "hires.resize_x": "hr_resize_x", "hires.resize_y": "hr_resize_y",
+    "hires.steps": "hr_second_pass_steps", "hires.denoising_strength": "denoising_strength",
+    "checkpoint": "override_settings.sd_model_checkpoint",
+    "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+}
+
+
+def _validation_problems(err: ValidationError, req: ApiTxt2Img) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        if path == "sampler_name" and not req.sampler_name:
+            field = "sampler_index"
+        elif not path and req.enable_hr:  # the only whole-request check: the hires size
+            field = "hr_resize_x/hr_resize_y" if req.hr_resize_x or req.hr_resize_y else "hr_scale"
+        else:
+            field = _FIELD_NAMES.get(path, path or "request")
+        msg = e["msg"].removeprefix("Value error, ")
+        problems.append((field, msg))
+    return problems
+
+
+def to_txt2img_request(req: ApiTxt2Img, options: Options) -> Txt2ImgRequest:
+    """Our request for an A1111 txt2img payload; raises ApiFieldError naming A1111 fields.
+
+    `override_settings.sd_model_checkpoint` becomes `checkpoint` of this one
+    request; the global option is never changed.
+    """
+    req = apply_infotext(req)
+    sampler_name = req.sampler_name or req.sampler_index
+    sampler = _sampler(sampler_name)
+    scheduler = resolve_scheduler(req.scheduler)
+    _, legacy_schedule = split_legacy_sampler_name(sampler_name)  # "DPM++ 2M Karras", pre-1.9 style
+    if legacy_schedule and scheduler == "Automatic":
+        scheduler = legacy_schedule
+    problems = _refusals(req, sampler, scheduler)
+    overridden, override_problems = _overrides(req.override_settings, options)
+    problems += override_problems
+    if sampler in SAMPLER_NAMES and scheduler in SCHEDULE_TYPES:
+        try:
+            effective_schedule(sampler, scheduler)
+        except ValueError as err:  # e.g. "Euler a" has no Karras schedule
+            problems.append(("scheduler", str(err)))
+    if problems:
+        raise ApiFieldError(problems)
+    fields: dict[str, Any] = dict(
+        prompt=req.prompt, negative_prompt=req.negative_prompt, styles=req.styles,
+        sampler_name=sampler, scheduler=scheduler, steps=req.steps, cfg_scale=req.cfg_scale,
+        width=req.width, height=req.height, seed=req.seed, batch_size=req.batch_size,
+        n_iter=req.n_iter, clip_skip=options.CLIP_stop_at_last_layers,
+        save_images=req.save_images,
+    )
+    if req.enable_hr:
+        fields["hires"] = dict(
+            enabled=True, upscaler=req.hr_upscaler or "Latent", upscale_by=req.hr_scale,
+            resize_x=req.hr_resize_x, resize_y=req.hr_resize_y,
+            steps=req.hr_second_pass_steps, denoising_strength=req.denoising_strength,
+        )
+    else:
+        fields["hires"] = HiresFix()
+    fields.update(overridden)
+    try:
+        return Txt2ImgRequest.model_validate(fields)
+    except ValidationError as err:
+        raise ApiFieldError(_validation_problems(err, req)) from err
+
+
+# --- results --------------------------------------------------------------
+
+def encode_png_base64(image: Image.Image, infotext: str | None) -> str:
+    """Base64 PNG with the A1111 `parameters` text chunk."""
+    meta = PngInfo()
+    if infotext:
+        meta.add_text("parameters", infotext)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=meta)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def result_info(result: Any) -> str:
+    """The `info` JSON string of a txt2img response (A1111 keys, seeds and infotexts included)."""
+    info = dict(getattr(result, "info", None) or {})
+    seeds = list(result.seeds)
+    info.setdefault("all_seeds", seeds)
+    info.setdefault("seed", seeds[0] if seeds else -1)
+    info.setdefault("infotexts", list(result.infotexts))
+    return json.dumps(info, default=str, ensure_ascii=False)

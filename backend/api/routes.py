@@ -1,0 +1,146 @@
+"""A1111-compatible REST routes; the caller mounts them under /sdapi/v1.
+
+Endpoints are plain `def`s, so FastAPI runs them in its worker threads and the
+event loop stays free while a picture is generated or a checkpoint loads.
+Errors become JSON `{"detail": "<field>: <reason>", ...}` responses, because
+A1111 clients print `detail`.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Body, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+
+from backend.api import convert
+from backend.api.schemas import (
+    SamplerItem,
+    SchedulerItem,
+    SDModelItem,
+    StableDiffusionTxt2ImgProcessingAPI,
+    TextToImageResponse,
+)
+from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
+from backend.models.errors import CheckpointLoadError, UnknownCheckpointError
+from backend.settings import PATH_OPTIONS, Options
+
+log = logging.getLogger(__name__)
+
+
+def _problems_response(status: int, problems: list[tuple[str, str]], error: str) -> JSONResponse:
+    detail = "; ".join(f"{field}: {reason}" if field else reason for field, reason in problems)
+    errors = [{"field": field, "message": reason} for field, reason in problems]
+    return JSONResponse({"error": error, "detail": detail, "errors": errors}, status_code=status)
+
+
+def _pydantic_problems(errors: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    problems = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        problems.append((".".join(loc), str(e.get("msg", "")).removeprefix("Value error, ")))
+    return problems
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The JSON error answer for an exception raised while handling a request."""
+    if isinstance(exc, convert.ApiFieldError):
+        error = "Forbidden" if exc.status_code == 403 else "ValidationError"
+        return _problems_response(exc.status_code, exc.problems, error)
+    if isinstance(exc, (ValidationError, RequestValidationError)):
+        return _problems_response(422, _pydantic_problems(exc.errors()), "ValidationError")
+    if isinstance(exc, UnknownCheckpointError):
+        return _problems_response(404, [("", str(exc))], type(exc).__name__)
+    if isinstance(exc, (CheckpointLoadError, ValueError)):  # e.g. an inpainting model asked for txt2img
+        return _problems_response(422, [("", str(exc))], type(exc).__name__)
+    log.exception("API request failed")
+    return _problems_response(500, [("", f"{type(exc).__name__}: {exc}")], type(exc).__name__)
+
+
+class _ErrorMappingRoute(APIRoute):
+    """Turns exceptions from validation and handlers into A1111-style JSON errors.
+
+    A router cannot register app-wide exception handlers, so the mapping lives in
+    the route class and works wherever the router is mounted.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except HTTPException:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every error becomes a JSON answer
+                return error_response(exc)
+
+        return handle
+
+
+def create_api_router(ctx: Any) -> APIRouter:
+    """Routes on `ctx` (an AppContext: options, manager, service). Prefix set by the caller."""
+    router = APIRouter(route_class=_ErrorMappingRoute)
+
+    @router.post("/txt2img", response_model=TextToImageResponse)
+    def txt2img(req: StableDiffusionTxt2ImgProcessingAPI) -> TextToImageResponse:
+        request = convert.to_txt2img_request(req, ctx.options.options)
+        result = ctx.service.txt2img(request)
+        images = []
+        if req.send_images:
+            infotexts = list(result.infotexts)
+            images = [convert.encode_png_base64(img, infotexts[i] if i < len(infotexts) else None)
+                      for i, img in enumerate(result.images)]
+        return TextToImageResponse(images=images, parameters=req.model_dump(), info=convert.result_info(result))
+
+    @router.get("/sd-models", response_model=list[SDModelItem])
+    def sd_models() -> list[SDModelItem]:
+        return [
+            SDModelItem(title=c.title, model_name=c.model_name, hash=c.shorthash, sha256=c.sha256,
+                        filename=str(c.path), config=None)
+            for c in ctx.manager.checkpoints() if not c.error
+        ]
+
+    @router.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> None:
+        ctx.manager.refresh()
+
+    @router.get("/options")
+    def get_options() -> dict[str, Any]:
+        return ctx.options.options.model_dump()
+
+    @router.post("/options")
+    def set_options(changes: dict[str, Any] = Body(...)) -> bool:
+        unknown = [k for k in changes if k not in Options.model_fields]
+        if unknown:
+            raise convert.ApiFieldError([(k, "unknown option") for k in unknown])
+        paths = sorted(k for k in changes if k in PATH_OPTIONS)
+        if paths:
+            raise convert.ForbiddenFieldError(
+                [(k, "folder options cannot be changed through the API") for k in paths])
+        # Validate everything before loading anything, so a bad value changes nothing.
+        Options.model_validate({**ctx.options.options.model_dump(), **changes})
+        name = changes.get("sd_model_checkpoint")
+        if name and name != ctx.options.options.sd_model_checkpoint:
+            loaded = ctx.manager.load(name)  # raises before the selection changes
+            changes = {**changes, "sd_model_checkpoint": loaded.info.title}  # title has the hash now
+        ctx.options.update(**changes)
+        return True
+
+    @router.get("/samplers", response_model=list[SamplerItem])
+    def samplers() -> list[SamplerItem]:
+        return [SamplerItem(name=name, aliases=_sampler_aliases(name), options={}) for name in SAMPLER_NAMES]
+
+    @router.get("/schedulers", response_model=list[SchedulerItem])
+    def schedulers() -> list[SchedulerItem]:
+        return [SchedulerItem(name=convert.scheduler_api_name(label), label=label) for label in SCHEDULE_TYPES]
+
+    return router
+
+
+def _sampler_aliases(name: str) -> list[str]:
+    return []
