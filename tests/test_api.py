@@ -246,3 +246,209 @@ def test_samplers_and_schedulers_list_everything():
     schedulers = client.get("/sdapi/v1/schedulers").json()
     assert [s["label"] for s in schedulers] == list(SCHEDULE_TYPES)
     assert {"name": "automatic", "label": "Automatic"}.items() <= schedulers[0].items()
+
+
+def test_generation_runs_off_the_event_loop():
+    """A blocking txt2img must not stop other requests from being answered."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    release = threading.Event()
+
+    class SlowService:
+        def txt2img(self, request, job=None):
+            assert release.wait(10)
+            image = Image.new("RGB", (8, 8))
+            return SimpleNamespace(images=[image], infotexts=["x\nSteps: 1, Seed: 1, Size: 8x8"], seeds=[1],
+                                   info={}, interrupted=False)
+
+    ctx = SimpleNamespace(options=SimpleNamespace(options=Options()), service=SlowService(), manager=None)
+    app = FastAPI()
+    app.include_router(create_api_router(ctx), prefix="/sdapi/v1")
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            slow = asyncio.create_task(client.post("/sdapi/v1/txt2img", json={"width": 64, "height": 64}))
+            await asyncio.sleep(0.1)
+            quick = await asyncio.wait_for(client.get("/sdapi/v1/samplers"), 5)
+            assert quick.status_code == 200 and not slow.done()
+            release.set()
+            response = await asyncio.wait_for(slow, 10)
+            assert response.status_code == 200 and len(response.json()["images"]) == 1
+
+    asyncio.run(scenario())
+
+
+# --- end to end on tiny real checkpoints ------------------------------------------
+
+API = "/sdapi/v1"
+SMALL = {"prompt": "a tiny cat", "negative_prompt": "blurry", "steps": 2, "width": 64, "height": 64,
+         "cfg_scale": 5, "sampler_name": "Euler a"}
+
+
+@pytest.fixture
+def ctx(app_context):
+    return app_context
+
+
+@pytest.fixture
+def client(ctx) -> TestClient:
+    app = FastAPI()
+    app.include_router(create_api_router(ctx), prefix=API)
+    client = TestClient(app, raise_server_exceptions=False)
+    r = client.post(f"{API}/options", json={"sd_model_checkpoint": "sd1.safetensors"})
+    assert r.status_code == 200, r.text
+    return client
+
+
+def txt2img(client, **payload) -> dict:
+    r = client.post(f"{API}/txt2img", json={**SMALL, **payload})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_txt2img_returns_pngs_whose_parameters_chunk_is_the_infotext(client):
+    body = txt2img(client, seed=123, batch_size=2)
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [123, 124] and info["seed"] == 123
+    assert len(body["images"]) == 2 == len(info["infotexts"])
+    for b64, infotext in zip(body["images"], info["infotexts"]):
+        image = decode_png(b64)
+        assert image.size == (64, 64)
+        assert image.info["parameters"] == infotext
+    assert "Seed: 124" in info["infotexts"][1] and "Model: sd1," in info["infotexts"][0]
+    assert info["infotexts"][0].startswith("a tiny cat\nNegative prompt: blurry\nSteps: 2, Sampler: Euler a")
+    assert body["parameters"]["prompt"] == "a tiny cat" and body["parameters"]["seed"] == 123
+
+
+def test_same_seed_gives_identical_bytes_and_another_seed_differs(client):
+    first = txt2img(client, seed=7)["images"][0]
+    assert txt2img(client, seed=7)["images"][0] == first
+    assert decode_png(txt2img(client, seed=8)["images"][0]).tobytes() != decode_png(first).tobytes()
+
+
+def test_random_seed_is_reported_in_info(client):
+    body = txt2img(client, seed=-1)
+    seed = json.loads(body["info"])["seed"]
+    assert seed >= 0
+    assert decode_png(body["images"][0]).tobytes() == decode_png(txt2img(client, seed=seed)["images"][0]).tobytes()
+
+
+def test_override_checkpoint_is_used_for_one_request_only(client, ctx):
+    selected = client.get(f"{API}/options").json()["sd_model_checkpoint"]
+    assert selected.startswith("sd1.safetensors [")
+    base = txt2img(client, seed=5)
+    other = txt2img(client, seed=5, override_settings={"sd_model_checkpoint": "sd1-other"},
+                    override_settings_restore_afterwards=False)
+    other_infotext = json.loads(other["info"])["infotexts"][0]
+    assert "Model: sd1-other," in other_infotext
+    assert decode_png(other["images"][0]).tobytes() != decode_png(base["images"][0]).tobytes()
+    assert client.get(f"{API}/options").json()["sd_model_checkpoint"] == selected
+    assert ctx.options.options.sd_model_checkpoint == selected
+    again = txt2img(client, seed=5)  # the next plain request is back on the selected model
+    assert again["images"][0] == base["images"][0]
+
+
+def test_unknown_checkpoint_is_4xx_naming_it(client):
+    r = client.post(f"{API}/txt2img", json={**SMALL, "override_settings": {"sd_model_checkpoint": "nope-42"}})
+    assert 400 <= r.status_code < 500 and "nope-42" in r.json()["detail"]
+    before = client.get(f"{API}/options").json()["sd_model_checkpoint"]
+    r = client.post(f"{API}/options", json={"sd_model_checkpoint": "nope-42"})
+    assert 400 <= r.status_code < 500 and "nope-42" in r.json()["detail"]
+    assert client.get(f"{API}/options").json()["sd_model_checkpoint"] == before
+
+
+def test_checkpoint_that_fails_to_load_is_4xx_and_selection_stays(client, ctx, tmp_path):
+    broken_dir = tmp_path / "more-models"
+    broken_dir.mkdir()
+    (broken_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    ctx.manager.checkpoint_dirs.append(broken_dir)
+    assert client.post(f"{API}/refresh-checkpoints").status_code == 200
+    before = client.get(f"{API}/options").json()["sd_model_checkpoint"]
+    r = client.post(f"{API}/options", json={"sd_model_checkpoint": "broken.safetensors"})
+    assert 400 <= r.status_code < 500 and "broken" in r.json()["detail"]
+    assert client.get(f"{API}/options").json()["sd_model_checkpoint"] == before
+    assert txt2img(client, seed=1)["images"]  # the previous model keeps serving
+
+
+def test_model_that_cannot_do_txt2img_is_4xx_with_the_reason(client):
+    r = client.post(f"{API}/txt2img", json={**SMALL, "override_settings": {"sd_model_checkpoint": "sd1-inpainting"}})
+    assert r.status_code == 422 and "inpainting" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"width": 500}, "width"), ({"steps": 0}, "steps"), ({"sampler_name": "k_nonsense"}, "sampler_name"),
+    ({"restore_faces": True}, "restore_faces"),
+])
+def test_bad_requests_are_422_naming_the_field(client, payload, field):
+    r = client.post(f"{API}/txt2img", json={**SMALL, **payload})
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith(f"{field}: ")
+
+
+def test_hires_fix_through_the_api(client):
+    body = txt2img(client, seed=3, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent",
+                   hr_second_pass_steps=1, denoising_strength=0.5)
+    image = decode_png(body["images"][0])
+    assert image.size == (96, 96)
+    assert "Hires upscale: 1.5" in image.info["parameters"]
+    assert "Denoising strength: 0.5" in image.info["parameters"]
+
+
+def test_send_images_false_and_save_images(client, ctx):
+    body = txt2img(client, seed=1, send_images=False)
+    assert body["images"] == [] and json.loads(body["info"])["all_seeds"] == [1]
+    assert not list(ctx.root.rglob("*.png"))  # the API saves only when asked
+    txt2img(client, seed=1, save_images=True)
+    saved = list(ctx.root.rglob("*.png"))
+    assert len(saved) == 1
+    assert "Seed: 1," in Image.open(saved[0]).info["parameters"]
+
+
+def test_options_get_and_set(client):
+    options = client.get(f"{API}/options").json()
+    assert options["samples_format"] == "png"
+    assert client.post(f"{API}/options", json={"samples_format": "jpg", "sd_checkpoints_limit": 2}).status_code == 200
+    options = client.get(f"{API}/options").json()
+    assert (options["samples_format"], options["sd_checkpoints_limit"]) == ("jpg", 2)
+
+
+def test_options_refuse_unknown_keys_bad_values_and_paths(client):
+    before = client.get(f"{API}/options").json()
+    r = client.post(f"{API}/options", json={"samples_format": "jpg", "no_such_option": 1})
+    assert r.status_code == 422 and "no_such_option" in r.json()["detail"]
+    r = client.post(f"{API}/options", json={"jpeg_quality": 1000})
+    assert r.status_code == 422 and r.json()["detail"].startswith("jpeg_quality: ")
+    r = client.post(f"{API}/options", json={"outdir_txt2img_samples": "/etc"})
+    assert r.status_code == 403 and "outdir_txt2img_samples" in r.json()["detail"]
+    assert client.get(f"{API}/options").json() == before
+
+
+def test_sd_models_lists_titles_and_hashes(client, checkpoint_dir):
+    import hashlib
+
+    models = {m["model_name"]: m for m in client.get(f"{API}/sd-models").json()}
+    assert {"sd1", "sd1-other", "sd2-v", "sdxl"} <= set(models)
+    sd1 = models["sd1"]  # selected above, so loaded and hashed
+    sha = hashlib.sha256((checkpoint_dir / "sd1.safetensors").read_bytes()).hexdigest()
+    assert (sd1["sha256"], sd1["hash"]) == (sha, sha[:10])
+    assert sd1["title"] == f"sd1.safetensors [{sha[:10]}]"
+    assert sd1["filename"].endswith("sd1.safetensors")
+    for m in models.values():
+        assert m["hash"] is None or m["hash"] == m["sha256"][:10]
+        assert m["title"].startswith(m["model_name"])
+
+
+def test_refresh_checkpoints_finds_new_files(client, ctx, tmp_path, tiny_sd1_file):
+    import shutil
+
+    extra = tmp_path / "new-models"
+    extra.mkdir()
+    shutil.copy(tiny_sd1_file, extra / "fresh.safetensors")
+    ctx.manager.checkpoint_dirs.append(extra)
+    assert "fresh" not in [m["model_name"] for m in client.get(f"{API}/sd-models").json()]
+    assert client.post(f"{API}/refresh-checkpoints").status_code == 200
+    assert "fresh" in [m["model_name"] for m in client.get(f"{API}/sd-models").json()]

@@ -126,21 +126,20 @@ def create_api_router(ctx: Any) -> APIRouter:
         Options.model_validate({**ctx.options.options.model_dump(), **changes})
         name = changes.get("sd_model_checkpoint")
         if name and name != ctx.options.options.sd_model_checkpoint:
-            loaded = ctx.manager.load(name)  # raises before the selection changes
+            # Under the device lock: loading may evict a model a running job is using.
+            with ctx.manager.device_lock:
+                loaded = ctx.manager.load(name)  # raises before the selection changes
             changes = {**changes, "sd_model_checkpoint": loaded.info.title}  # title has the hash now
         ctx.options.update(**changes)
         return True
 
     @router.get("/samplers", response_model=list[SamplerItem])
     def samplers() -> list[SamplerItem]:
-        return [SamplerItem(name=name, aliases=_sampler_aliases(name), options={}) for name in SAMPLER_NAMES]
+        # Aliases stay empty until samplers.py offers a public way to read them.
+        return [SamplerItem(name=name, aliases=[], options={}) for name in SAMPLER_NAMES]
 
     @router.get("/schedulers", response_model=list[SchedulerItem])
     def schedulers() -> list[SchedulerItem]:
         return [SchedulerItem(name=convert.scheduler_api_name(label), label=label) for label in SCHEDULE_TYPES]
 
     return router
-
-
-def _sampler_aliases(name: str) -> list[str]:
-    return []
