@@ -149,9 +149,10 @@ class ModelManager:
     def _evict(self, keep: int) -> None:
         evicted = False
         while len(self._loaded) > max(keep, 0):
+            # Only the cache's reference goes: a job still using the model keeps its own until it ends,
+            # and the memory is released then.
             _, old = self._loaded.popitem(last=False)
             log.info("unloading checkpoint %s", old.info.name)
-            old.pipe = None
             evicted = True
         if evicted:
             gc.collect()
