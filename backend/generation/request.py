@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
+from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, effective_schedule
 
 MIN_SIZE = 64
 MAX_SIZE = 4096
@@ -110,6 +110,11 @@ class Txt2ImgRequest(BaseModel):
         if value not in SCHEDULE_TYPES:
             raise ValueError(f"unknown schedule type {value!r}; choose one of: {', '.join(SCHEDULE_TYPES)}")
         return value
+
+    @model_validator(mode="after")
+    def _sampler_schedule(self) -> "Txt2ImgRequest":
+        effective_schedule(self.sampler_name, self.scheduler)  # e.g. "Euler a" has no Karras
+        return self
 
     @model_validator(mode="after")
     def _hires_size(self) -> "Txt2ImgRequest":

@@ -1,0 +1,86 @@
+"""Pieces of A1111's "Hires. fix": upscale the first pass, decode latents.
+
+The runner (txt2img.py) does the two sampling passes; this module holds what
+sits between them: the upscale in latent space or in pixel space, the VAE
+decode used when a pass returns latents, and the infotext entries.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from backend.generation.request import LATENT_UPSCALERS, HiresFix
+
+# A1111's latent upscaler names -> torch interpolation modes.
+_LATENT_MODES = {"Latent": "bilinear", "Latent (nearest)": "nearest", "Latent (bicubic)": "bicubic"}
+_PIXEL_FILTERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
+
+
+def is_latent_upscaler(name: str) -> bool:
+    return name in LATENT_UPSCALERS
+
+
+def second_pass_steps(hires: HiresFix, steps: int) -> int:
+    """Steps the img2img pass really runs: int(steps * strength), as diffusers' img2img does."""
+    return int((hires.steps or steps) * hires.denoising_strength)
+
+
+def upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str,
+                    vae_scale_factor: int) -> torch.Tensor:
+    """Resize (B, C, h, w) latents to the latent size of `size` = (width, height)."""
+    width, height = size
+    target = (height // vae_scale_factor, width // vae_scale_factor)
+    mode = _LATENT_MODES[upscaler]
+    # Interpolate in float32: bicubic is not implemented for half precision everywhere.
+    resized = F.interpolate(latents.float(), size=target, mode=mode,
+                            align_corners=False if mode != "nearest" else None)
+    return resized.to(latents.dtype)
+
+
+def upscale_images(images: list[Image.Image], size: tuple[int, int], upscaler: str) -> list[Image.Image]:
+    """Pixel-space resize to `size` = (width, height) with PIL."""
+    return [image.resize(size, resample=_PIXEL_FILTERS[upscaler]) for image in images]
+
+
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor, upcast: bool = False) -> list[Image.Image]:
+    """VAE-decode latents (as a pipeline returns them with output_type="latent") to PIL.
+
+    `upcast`: decode in float32 when the VAE is float16 and its config asks for
+    it (the SDXL VAE overflows in half precision), as the SDXL pipeline does.
+    """
+    vae = pipe.vae
+    upcast = upcast and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(dtype=torch.float32)
+    try:
+        mean = getattr(vae.config, "latents_mean", None)
+        std = getattr(vae.config, "latents_std", None)
+        scaling = vae.config.scaling_factor
+        if mean is not None and std is not None:
+            shape = (1, latents.shape[1], 1, 1)
+            mean_t = torch.tensor(mean).view(shape).to(latents.device, latents.dtype)
+            std_t = torch.tensor(std).view(shape).to(latents.device, latents.dtype)
+            latents = latents * std_t / scaling + mean_t
+        else:
+            latents = latents / scaling
+        latents = latents.to(pipe._execution_device, vae.dtype)
+        image = vae.decode(latents, return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(dtype=torch.float16)
+    return pipe.image_processor.postprocess(image.float(), output_type="pil")
+
+
+def infotext_params(hires: HiresFix) -> dict[str, object]:
+    """The Hires entries of A1111's infotext (after "Denoising strength" and "Clip skip")."""
+    params: dict[str, object] = {}
+    if hires.resize_x or hires.resize_y:
+        params["Hires resize"] = f"{hires.resize_x}x{hires.resize_y}"
+    else:
+        params["Hires upscale"] = hires.upscale_by
+    if hires.steps:
+        params["Hires steps"] = hires.steps
+    params["Hires upscaler"] = hires.upscaler
+    return params
