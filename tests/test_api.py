@@ -374,9 +374,11 @@ def test_checkpoint_that_fails_to_load_is_4xx_and_selection_stays(client, ctx, t
     assert txt2img(client, seed=1)["images"]  # the previous model keeps serving
 
 
-def test_model_that_cannot_do_txt2img_is_4xx_with_the_reason(client):
+def test_inpainting_checkpoint_does_txt2img_as_in_a1111(client):
     r = client.post(f"{API}/txt2img", json={**SMALL, "override_settings": {"sd_model_checkpoint": "sd1-inpainting"}})
-    assert r.status_code == 422 and "inpainting" in r.json()["detail"]
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["is_using_inpainting_conditioning"] is True and info["sd_model_name"] == "sd1-inpainting"
 
 
 @pytest.mark.parametrize("payload, field", [

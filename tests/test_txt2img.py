@@ -430,3 +430,17 @@ def test_other_families_with_hires_and_clip_skip(real_manager, name, upscaler):
     assert [im.size for im in a.images] == [(96, 96), (96, 96)]
     assert np.abs(pixels(a.images[1]) - pixels(b.images[0])).max() <= 2
     assert pixels(a.images[0]).std() > 1
+
+
+def test_inpainting_checkpoint_generates_from_a_fully_masked_image(real_manager):
+    """A 9-channel UNet gets A1111's txt2img conditioning: the whole picture masked."""
+    loaded = real_manager.load("sd1-inpainting.safetensors")
+    assert loaded.pipe.unet.config.in_channels == 9
+    a = generate(loaded, steps=3, seed=11)
+    again = generate(loaded, steps=3, seed=11)
+    other = generate(loaded, steps=3, seed=12)
+    assert np.array_equal(pixels(a.images[0]), pixels(again.images[0]))
+    assert np.abs(pixels(a.images[0]) - pixels(other.images[0])).max() > 10
+    fix = HiresFix(enabled=True, upscaler="Latent", upscale_by=1.5, denoising_strength=0.5)
+    hires = generate(loaded, steps=2, seed=11, hires=fix)
+    assert hires.images[0].size == (96, 96)

@@ -136,6 +136,6 @@ class GenerationService:
             "styles": list(request.styles),
             "job_timestamp": started.strftime("%Y%m%d%H%M%S"),
             "clip_skip": request.clip_skip,
-            "is_using_inpainting_conditioning": False,
+            "is_using_inpainting_conditioning": loaded.variant.inpainting,
             "version": VERSION,
         }

@@ -20,6 +20,8 @@ import diffusers
 import torch
 from diffusers import (
     StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionXLInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
@@ -72,6 +74,20 @@ def derive_pipeline(pipe, pipeline_cls: type, scheduler):
     derived = pipeline_cls(**kwargs)
     derived.set_progress_bar_config(disable=True)
     return derived
+
+
+def inpaint_class(pipe) -> type:
+    return StableDiffusionXLInpaintPipeline if isinstance(pipe, StableDiffusionXLPipeline) else StableDiffusionInpaintPipeline
+
+
+def full_mask_inputs(width: int, height: int, n: int) -> dict:
+    """txt2img on a 9-channel inpainting UNet, as A1111 does it: everything masked.
+
+    With a white mask the pipeline's masked image is all zeros (mid-grey), the
+    conditioning A1111 gives inpainting models in txt2img.
+    """
+    return {"image": [Image.new("RGB", (width, height))] * n,
+            "mask_image": [Image.new("L", (width, height), 255)] * n}
 
 
 def img2img_class(pipe) -> type:
@@ -128,6 +144,7 @@ class _Txt2ImgRun:
         self.family = loaded.variant.family
         self.prompt, self.negative_prompt = prompt, negative_prompt
         self.generator_device = getattr(device_settings, "generator_device", "cpu")
+        self.inpainting = loaded.pipe.unet.config.in_channels == 9
         self.hires_steps = hr.second_pass_steps(request.hires, request.steps) if request.hires.enabled else 0
         self._embeds: dict[int, dict] = {}
 
@@ -171,14 +188,17 @@ class _Txt2ImgRun:
     # --- one batch ---
     def batch(self, seeds: list[int], job_no: int) -> list[Image.Image]:
         req = self.request
-        pipe = derive_pipeline(self.loaded.pipe, type(self.loaded.pipe), self.scheduler())
+        base = self.loaded.pipe
+        cls = inpaint_class(base) if self.inpainting else type(base)
+        pipe = derive_pipeline(base, cls, self.scheduler())
         generators = self.generators(seeds)
         latents = self.initial_noise(pipe, generators)
         output_type = "latent" if req.hires.enabled else "pil"
+        extra = full_mask_inputs(req.width, req.height, len(seeds)) | {"strength": 1.0} if self.inpainting else {}
         text = f"Batch {job_no + 1} of {req.n_iter}"
         images, stopped = self.sample(pipe, req.steps, job_no, text, len(seeds), width=req.width,
                                       height=req.height, num_inference_steps=req.steps, latents=latents,
-                                      generator=generators, output_type=output_type)
+                                      generator=generators, output_type=output_type, **extra)
         if not req.hires.enabled:
             return images
         if stopped:  # A1111 skips the hires pass of a stopped batch
@@ -195,9 +215,15 @@ class _Txt2ImgRun:
                                       size, fix.upscaler)
         if self.hires_steps == 0:  # strength too low for a single step: the upscale is the result
             return hr.decode_latents(pipe, image, upcast=self.family.is_sdxl) if torch.is_tensor(image) else image
-        img2img = derive_pipeline(self.loaded.pipe, img2img_class(self.loaded.pipe), self.scheduler())
+        extra = {}
+        if self.inpainting:  # the second pass of an inpainting model also runs fully masked, on pixels
+            if torch.is_tensor(image):
+                image = hr.decode_latents(pipe, image, upcast=self.family.is_sdxl)
+            extra = {"mask_image": [Image.new("L", size, 255)] * len(seeds), "width": size[0], "height": size[1]}
+        cls = inpaint_class(self.loaded.pipe) if self.inpainting else img2img_class(self.loaded.pipe)
+        img2img = derive_pipeline(self.loaded.pipe, cls, self.scheduler())
         text = f"Batch {job_no + 1} of {req.n_iter}, hires fix"
-        images, _ = self.sample(img2img, self.hires_steps, job_no, text, len(seeds), image=image,
+        images, _ = self.sample(img2img, self.hires_steps, job_no, text, len(seeds), **extra, image=image,
                                 strength=fix.denoising_strength, num_inference_steps=fix.steps or req.steps,
                                 generator=self.generators(seeds), output_type="pil")
         return images
@@ -236,8 +262,9 @@ def run_txt2img(loaded: LoadedCheckpoint, request: Txt2ImgRequest, job: JobContr
     """
     if not isinstance(loaded.pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
         raise ValueError(f"{loaded.info.name} ({loaded.variant.label}) cannot do text-to-image; use img2img")
-    if loaded.pipe.unet.config.in_channels != loaded.pipe.vae.config.latent_channels:
-        raise ValueError(f"{loaded.info.name} is an inpainting model; use it in the inpaint tab")
+    if loaded.pipe.unet.config.in_channels not in (4, 9):
+        raise ValueError(f"{loaded.info.name}: a UNet with {loaded.pipe.unet.config.in_channels} input channels "
+                         "cannot do text-to-image")
     make_scheduler(request.sampler_name, request.scheduler, loaded.pipe.scheduler.config)  # fail before starting
 
     run = _Txt2ImgRun(loaded, request, job, device_settings, prompt, negative_prompt)
