@@ -90,7 +90,18 @@ def test_type_prompt_generate_and_see_the_image(running_studio):
             expect(image).to_be_visible(timeout=120_000)
             expect(page.locator("#txt2img_info")).to_contain_text("Seed: 1234", timeout=30_000)
             page.screenshot(path=str(data_dir / "txt2img.png"))
+
+            # A long job shows progress and stops on Interrupt; the page stays usable.
+            page.locator("#txt2img_steps input[type=number]").fill("150")
+            page.locator("#txt2img_width input[type=number]").fill("512")
+            page.locator("#txt2img_height input[type=number]").fill("512")
+            page.locator("#txt2img_seed input").fill("77")
+            page.locator("#txt2img_generate").click()
+            expect(page.locator("#txt2img_progress")).to_contain_text("step", timeout=60_000)
+            page.locator("#txt2img_interrupt").click()
+            expect(page.locator("#txt2img_info")).to_contain_text("Interrupted", timeout=60_000)
+            expect(page.locator("#txt2img_info")).to_contain_text("Seed: 77")
         finally:
             browser.close()
     saved = sorted((data_dir / "outputs" / "txt2img-images").rglob("*.png"))
-    assert [p.name for p in saved] == ["00000-1234.png"]
+    assert [p.name for p in saved] == ["00000-1234.png", "00001-77.png"]

@@ -110,13 +110,17 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
     generate.click(run, inputs=inputs, outputs=outputs, concurrency_limit=None)
     prompt.submit(run, inputs=inputs, outputs=outputs, concurrency_limit=None)
 
-    def stop(action: str, request: gr.Request):
-        job = jobs.get(request.session_hash)
-        if job is not None:
-            getattr(job, action)()
+    # Gradio passes the session only to parameters annotated gr.Request.
+    def interrupt_own_job(request: gr.Request):
+        if job := jobs.get(request.session_hash):
+            job.interrupt()
 
-    interrupt.click(lambda request: stop("interrupt", request), inputs=None, outputs=None, queue=False)
-    skip.click(lambda request: stop("skip", request), inputs=None, outputs=None, queue=False)
+    def skip_own_batch(request: gr.Request):
+        if job := jobs.get(request.session_hash):
+            job.skip()
+
+    interrupt.click(interrupt_own_job, inputs=None, outputs=None, queue=False)
+    skip.click(skip_own_batch, inputs=None, outputs=None, queue=False)
     random_seed.click(lambda: -1, outputs=seed, queue=False)
     reuse_seed.click(lambda s: s, inputs=last_seed, outputs=seed, queue=False)
     return Txt2ImgTab(generate=generate, gallery=gallery)
