@@ -182,3 +182,16 @@ def test_a_scan_never_crashes_on_strange_files(tmp_path):
     entries = {e.name: e for e in ModelManager([tmp_path], CPU).checkpoints()}
     assert set(entries) == {"x.safetensors", "sub/y.ckpt"}
     assert "unknown file format" in entries["x.safetensors"].error
+
+
+def test_diffusers_folder_loads_offline_and_generates_like_the_single_file(tmp_path, checkpoint_dir):
+    """A diffusers folder (model_index.json) is listed and loads with local files only."""
+    single = ModelManager([checkpoint_dir], CPU).load("sd1")
+    folder = tmp_path / "models" / "tiny-diffusers"
+    single.pipe.save_pretrained(folder)
+    manager = ModelManager([tmp_path / "models"], CPU)
+    assert [e.name for e in manager.checkpoints()] == ["tiny-diffusers"]
+    loaded = manager.load("tiny-diffusers")
+    assert loaded.variant.family is ModelFamily.SD1 and not loaded.variant.inpainting
+    ours, theirs = loaded.pipe.unet.state_dict(), single.pipe.unet.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)

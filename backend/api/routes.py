@@ -25,7 +25,7 @@ from backend.api.schemas import (
     StableDiffusionTxt2ImgProcessingAPI,
     TextToImageResponse,
 )
-from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
+from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, sampler_aliases
 from backend.models.errors import CheckpointLoadError, UnknownCheckpointError
 from backend.settings import PATH_OPTIONS, Options
 
@@ -136,7 +136,7 @@ def create_api_router(ctx: Any) -> APIRouter:
     @router.get("/samplers", response_model=list[SamplerItem])
     def samplers() -> list[SamplerItem]:
         # Aliases stay empty until samplers.py offers a public way to read them.
-        return [SamplerItem(name=name, aliases=[], options={}) for name in SAMPLER_NAMES]
+        return [SamplerItem(name=name, aliases=sampler_aliases(name), options={}) for name in SAMPLER_NAMES]
 
     @router.get("/schedulers", response_model=list[SchedulerItem])
     def schedulers() -> list[SchedulerItem]:

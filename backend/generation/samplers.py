@@ -217,6 +217,11 @@ def _spec(sampler_name: str) -> SamplerSpec:
     return _BY_NAME[resolve_sampler_name(sampler_name)]
 
 
+def sampler_aliases(sampler_name: str) -> list[str]:
+    """The other names A1111 accepts for a sampler (k-diffusion's function names)."""
+    return list(_spec(sampler_name).aliases)
+
+
 def schedule_types_for(sampler_name: str) -> list[str]:
     """The schedule types this sampler can honour, "Automatic" first."""
     return list(_spec(sampler_name).schedules)
