@@ -85,15 +85,13 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         def pick(title):
             if not title:
                 return gr.skip(), status_line(ctx)
-            previous = ctx.options.options.sd_model_checkpoint
             try:
                 with ctx.manager.device_lock:
                     loaded = ctx.manager.load(title)
                 ctx.options.update(sd_model_checkpoint=loaded.info.title)
             except Exception as exc:  # the old model keeps serving; put the picker back
                 gr.Warning(user_message(exc))
-                back = ctx.manager.find(previous).title if previous else None
-                return gr.update(value=back), status_line(ctx)
+                return gr.update(value=selected_checkpoint(ctx)), status_line(ctx)
             # Loading computes the hash, which changes the title: refresh the choices.
             return gr.update(choices=checkpoint_choices(ctx), value=loaded.info.title), status_line(ctx)
 
