@@ -64,7 +64,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("txt2img", id="txt2img"):
-                build_txt2img_tab(ctx, jobs, checkpoint)
+                txt2img = build_txt2img_tab(ctx, jobs, checkpoint)
             with gr.Tab("img2img", id="img2img"):
                 gr.Markdown("img2img, sketch, inpaint and outpaint arrive with the next milestone.")
             with gr.Tab("Extras", id="extras"):
@@ -95,6 +95,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             # Loading computes the hash, which changes the title: refresh the choices.
             return gr.update(choices=checkpoint_choices(ctx), value=loaded.info.title), status_line(ctx)
 
+        # Settings apply without a restart: each page load reads the current default sampler.
+        demo.load(lambda: ctx.options.options.default_sampler, outputs=txt2img.sampler, queue=False)
         refresh.click(do_refresh, inputs=checkpoint, outputs=[checkpoint, status], queue=False)
         checkpoint.input(pick, inputs=checkpoint, outputs=[checkpoint, status])
     return demo
