@@ -1,0 +1,112 @@
+"""Synthetic scenes with plain-English captions: the demo model's training data.
+
+One scene is a single filled shape of one named colour on a plain background,
+at one of nine positions and three sizes. `render` draws it; `caption` says
+it the way a user would type it. Everything is reproducible from a seed.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "star", "ring")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "orange": (245, 140, 20),
+    "yellow": (240, 220, 30),
+    "green": (40, 170, 50),
+    "cyan": (40, 200, 210),
+    "blue": (30, 70, 220),
+    "purple": (130, 50, 190),
+    "pink": (245, 130, 190),
+    "brown": (120, 75, 35),
+    "white": (245, 245, 245),
+    "gray": (128, 128, 128),
+    "black": (20, 20, 20),
+}
+BACKGROUNDS = ("white", "black", "gray", "blue", "green", "yellow", "pink", "brown")
+POSITIONS: dict[str, tuple[float, float]] = {
+    "top left": (0.25, 0.25), "top": (0.5, 0.25), "top right": (0.75, 0.25),
+    "left": (0.25, 0.5), "centre": (0.5, 0.5), "right": (0.75, 0.5),
+    "bottom left": (0.25, 0.75), "bottom": (0.5, 0.75), "bottom right": (0.75, 0.75),
+}
+SIZES: dict[str, float] = {"small": 0.28, "medium": 0.40, "large": 0.52}  # shape width / image width
+
+# Colour x shape pairs never shown in training: the held-out test of compositional adherence.
+HELD_OUT: frozenset[tuple[str, str]] = frozenset({
+    ("red", "star"), ("orange", "ring"), ("yellow", "square"), ("green", "triangle"), ("cyan", "circle"),
+    ("blue", "star"), ("purple", "square"), ("pink", "triangle"), ("brown", "circle"), ("white", "ring"),
+    ("gray", "star"), ("black", "triangle"),
+})
+
+
+@dataclass(frozen=True)
+class Scene:
+    shape: str
+    colour: str
+    background: str
+    position: str
+    size: str
+    jitter: tuple[float, float] = (0.0, 0.0)  # small offset of the centre, in image widths
+    rotation: float = 0.0  # radians; squares, triangles and stars turn a little
+
+    def caption(self, detail: int = 3) -> str:
+        """detail 0: "a red star"; 1: + size; 2: + position; 3: + background."""
+        words = ["a"]
+        if detail >= 1:
+            words.append(self.size)
+        words += [self.colour, self.shape]
+        if detail >= 2:
+            words += ["at the", self.position] if self.position != "centre" else ["in the centre"]
+        if detail >= 3:
+            words += ["on a", self.background, "background"]
+        return " ".join(words)
+
+
+def random_scene(rng: random.Random, allow_held_out: bool = False) -> Scene:
+    while True:
+        shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
+        if allow_held_out or (colour, shape) not in HELD_OUT:
+            break
+    background = rng.choice([b for b in BACKGROUNDS if b != colour])
+    return Scene(shape=shape, colour=colour, background=background, position=rng.choice(list(POSITIONS)),
+                 size=rng.choice(list(SIZES)), jitter=(rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03)),
+                 rotation=rng.uniform(-0.2, 0.2))
+
+
+def _polygon(cx: float, cy: float, radii: list[float], rotation: float) -> list[tuple[float, float]]:
+    n = len(radii)
+    return [(cx + r * math.sin(rotation + 2 * math.pi * i / n), cy - r * math.cos(rotation + 2 * math.pi * i / n))
+            for i, r in enumerate(radii)]
+
+
+def render(scene: Scene, size: int = 128, supersample: int = 4) -> Image.Image:
+    """Draw the scene (antialiased by drawing large and shrinking)."""
+    big = size * supersample
+    image = Image.new("RGB", (big, big), COLOURS[scene.background])
+    draw = ImageDraw.Draw(image)
+    fx, fy = POSITIONS[scene.position]
+    cx, cy = (fx + scene.jitter[0]) * big, (fy + scene.jitter[1]) * big
+    r = SIZES[scene.size] * big / 2
+    fill = COLOURS[scene.colour]
+    if scene.shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif scene.shape == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        inner = r * 0.55
+        draw.ellipse([cx - inner, cy - inner, cx + inner, cy + inner], fill=COLOURS[scene.background])
+    elif scene.shape == "square":
+        half = r * 0.86
+        corners = [(-half, -half), (half, -half), (half, half), (-half, half)]
+        c, s = math.cos(scene.rotation), math.sin(scene.rotation)
+        draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in corners], fill=fill)
+    elif scene.shape == "triangle":
+        draw.polygon(_polygon(cx, cy + r * 0.15, [r * 1.1] * 3, scene.rotation), fill=fill)
+    elif scene.shape == "star":
+        draw.polygon(_polygon(cx, cy + r * 0.05, [r * 1.05, r * 0.42] * 5, scene.rotation), fill=fill)
+    else:
+        raise ValueError(f"unknown shape {scene.shape!r}")
+    return image.resize((size, size), Image.Resampling.LANCZOS)
