@@ -1,0 +1,245 @@
+"""Train the studio's demo checkpoint from scratch, on scenes this project renders itself.
+
+    python -m backend.demo_model.train            # about 50 minutes on 2 CPU cores
+    python -m backend.demo_model.train --quick    # a few minutes, for trying changes
+
+Same seed, same file: data, initialisation and training order all come from
+`--seed`, and the step counts are fixed (not "train for N minutes").
+
+The model is an SD1.x-family checkpoint, only small: an AutoencoderKL with 8x
+downsampling, a cross-attention UNet2DConditionModel and a CLIP text encoder
+on the real CLIP tokenizer, saved as one original-layout `.safetensors` file
+so it loads through exactly the code that loads downloaded checkpoints.
+
+1. VAE: trained on random crops of rendered scenes; its latent scale is then
+   folded into the weights so SD1's fixed scaling factor (0.18215) fits.
+2. Latents of the training set are encoded once.
+3. UNet + text encoder: epsilon prediction on SD1's noise schedule, captions
+   of varying detail, 10% empty captions so classifier-free guidance works.
+   The UNet's weights are an exponential moving average.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from backend.demo_model.scenes import HELD_OUT, random_scene, render
+from backend.models import architecture as arch
+from backend.models.ldm_export import clip_to_ldm, unet_to_ldm, vae_to_ldm
+from backend.models.loader import tokenizer_for
+from backend.models.types import ModelFamily
+
+RESOLUTION = 128
+SD1_SCALING = 0.18215  # the loader uses SD1's factor for every SD1-family file
+DEFAULT_OUT = Path(__file__).parent / "studio-demo.safetensors"
+
+
+@dataclass
+class Recipe:
+    seed: int = 0
+    vae_steps: int = 1200
+    vae_batch: int = 8
+    vae_crop: int = 64
+    vae_lr: float = 1e-3
+    scenes: int = 6000
+    unet_steps: int = 3200
+    unet_batch: int = 32
+    unet_lr: float = 6e-4
+    min_snr_gamma: float = 5.0
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+
+
+VAE_CONFIG = dict(block_out_channels=(32, 32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=32,
+                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                  sample_size=RESOLUTION, scaling_factor=SD1_SCALING)
+TEXT_CONFIG = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=2,
+                   max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu", projection_dim=128)
+UNET_CONFIG = dict(sample_size=RESOLUTION // 8, in_channels=4, out_channels=4, block_out_channels=(32, 64, 128),
+                   layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=128,
+                   attention_head_dim=8, norm_num_groups=32)
+
+
+def to_tensor(images) -> torch.Tensor:
+    array = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+def log(message: str, started: float) -> None:
+    print(f"[{time.monotonic() - started:7.1f}s] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------- VAE
+
+
+def train_vae(recipe: Recipe, rng: random.Random, started: float) -> AutoencoderKL:
+    vae = AutoencoderKL(**VAE_CONFIG)
+    opt = torch.optim.Adam(vae.parameters(), lr=recipe.vae_lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.vae_lr, total_steps=recipe.vae_steps, pct_start=0.05)
+    for step in range(recipe.vae_steps):
+        crops = []
+        for _ in range(recipe.vae_batch):
+            image = render(random_scene(rng, allow_held_out=True), RESOLUTION, supersample=2)
+            x, y = rng.randrange(0, RESOLUTION - recipe.vae_crop + 1, 8), rng.randrange(0, RESOLUTION - recipe.vae_crop + 1, 8)
+            crops.append(image.crop((x, y, x + recipe.vae_crop, y + recipe.vae_crop)))
+        batch = to_tensor(crops)
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(recon, batch) + 0.5 * F.l1_loss(recon, batch) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 200 == 0 or step == recipe.vae_steps - 1:
+            log(f"vae step {step}/{recipe.vae_steps} loss {loss.item():.4f}", started)
+    return vae.eval()
+
+
+@torch.no_grad()
+def fold_latent_scale(vae: AutoencoderKL, images: torch.Tensor) -> float:
+    """Rescale quant_conv/post_quant_conv so latents * 0.18215 have unit standard deviation."""
+    std = vae.encode(images).latent_dist.mean.std().item()
+    k = 1.0 / (SD1_SCALING * std)
+    vae.quant_conv.weight[:4] *= k  # the mean channels
+    vae.quant_conv.bias[:4] *= k
+    vae.quant_conv.bias[4:] += 2 * math.log(k)  # logvar of a scaled variable
+    vae.post_quant_conv.weight /= k
+    return k
+
+
+# --------------------------------------------------------------------------- UNet + text encoder
+
+
+@torch.no_grad()
+def build_dataset(recipe: Recipe, vae: AutoencoderKL, rng: random.Random, started: float):
+    tokenizer = tokenizer_for(ModelFamily.SD1, "tokenizer")
+    scenes = [random_scene(rng) for _ in range(recipe.scenes)]
+    latents = []
+    for i in range(0, len(scenes), 64):
+        images = to_tensor([render(s, RESOLUTION, supersample=2) for s in scenes[i:i + 64]])
+        latents.append(vae.encode(images).latent_dist.mean * SD1_SCALING)
+        if i % 6400 == 0:
+            log(f"encoded {i}/{len(scenes)} scenes", started)
+    captions = [[s.caption(d) for d in range(4)] for s in scenes]
+    flat = [c for group in captions for c in group] + [""]
+    ids = tokenizer(flat, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    caption_ids = ids[:-1].view(len(scenes), 4, 77)
+    return torch.cat(latents), caption_ids, ids[-1]
+
+
+def train_unet(recipe: Recipe, latents: torch.Tensor, caption_ids: torch.Tensor, empty_ids: torch.Tensor,
+               started: float):
+    gen = torch.Generator().manual_seed(recipe.seed + 1)
+    torch.manual_seed(recipe.seed + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    noise_schedule = DDPMScheduler.from_config(arch.family_config(ModelFamily.SD1, "scheduler"))
+    alphas = noise_schedule.alphas_cumprod
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.unet_lr, total_steps=recipe.unet_steps,
+                                                pct_start=0.03)
+    n = latents.shape[0]
+    for step in range(recipe.unet_steps):
+        index = torch.randint(0, n, (recipe.unet_batch,), generator=gen)
+        detail = torch.randint(0, 4, (recipe.unet_batch,), generator=gen)
+        ids = caption_ids[index, detail]
+        drop = torch.rand(recipe.unet_batch, generator=gen) < recipe.caption_dropout
+        ids[drop] = empty_ids
+        x0 = latents[index]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, len(alphas), (recipe.unet_batch,), generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        context = text_encoder(ids).last_hidden_state
+        # Min-SNR weighting: the easy, low-noise steps stop dominating, and training converges sooner.
+        snr = a / (1 - a)
+        weight = torch.clamp(snr, max=recipe.min_snr_gamma) / snr
+        loss = (weight * (unet(noisy, t, context).sample - noise).pow(2)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), unet.parameters()):
+                e.lerp_(p, 1 - decay)
+        if step % 250 == 0 or step == recipe.unet_steps - 1:
+            log(f"unet step {step}/{recipe.unet_steps} loss {loss.item():.4f}", started)
+    return ema.eval(), text_encoder.eval()
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def model_card(recipe: Recipe, seconds: float) -> dict[str, str]:
+    return {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "stable-diffusion-v1",
+        "modelspec.title": "Studio demo (shapes and colours)",
+        "modelspec.resolution": f"{RESOLUTION}x{RESOLUTION}",
+        "modelspec.description": (
+            "A small SD1.x-architecture model trained from scratch by this studio's own script "
+            "(python -m backend.demo_model.train) on synthetic scenes it renders itself: one shape (circle, square, "
+            "triangle, star, ring) of one of 12 named colours on a plain background, at 9 positions and 3 sizes, "
+            "captioned in plain English. It knows nothing else. Put real checkpoints in models/Stable-diffusion."),
+        "modelspec.license": "same as this project",
+        "studio.recipe": json.dumps(asdict(recipe)),
+        "studio.held_out_pairs": json.dumps(sorted(HELD_OUT)),
+        "studio.training_seconds": f"{seconds:.0f}",
+        "studio.architecture": json.dumps({"vae": VAE_CONFIG, "unet": UNET_CONFIG, "text_encoder": TEXT_CONFIG}),
+    }
+
+
+def save(path: Path, unet, vae, text_encoder, card: dict[str, str]) -> None:
+    state = unet_to_ldm(unet) | vae_to_ldm(vae) | clip_to_ldm(text_encoder, "cond_stage_model.transformer.")
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in state.items()
+             if not k.endswith("position_ids")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=card)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--quick", action="store_true", help="tiny step counts, to try changes")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    recipe = Recipe(seed=args.seed)
+    if args.quick:
+        recipe = Recipe(seed=args.seed, vae_steps=100, scenes=1024, unet_steps=200)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(recipe.seed)
+    rng = random.Random(recipe.seed)
+    started = time.monotonic()
+    vae = train_vae(recipe, rng, started)
+    probe = to_tensor([render(random_scene(rng), RESOLUTION) for _ in range(64)])
+    log(f"latent scale folded into the VAE: x{fold_latent_scale(vae, probe):.3f}", started)
+    latents, caption_ids, empty_ids = build_dataset(recipe, vae, rng, started)
+    log(f"latent std after scaling {latents.std().item():.3f}", started)
+    unet, text_encoder = train_unet(recipe, latents, caption_ids, empty_ids, started)
+    seconds = time.monotonic() - started
+    save(args.out, unet, vae, text_encoder, model_card(recipe, seconds))
+    log(f"saved {args.out} ({args.out.stat().st_size / 2**20:.1f} MB)", started)
+
+
+if __name__ == "__main__":
+    main()
