@@ -16,12 +16,14 @@ from backend.prompts.styles import StyleStore
 from backend.settings import Options, OptionsStore
 
 STARTER_STYLES = Path(__file__).parent / "prompts" / "starter_styles.csv"
+DEMO_CHECKPOINT = Path(__file__).parent / "demo_model" / "studio-demo.safetensors"
 
 
 @dataclass
 class AppPaths:
     root: Path  # the studio's folder: config.json, styles.csv and relative output folders live here
     checkpoint_dirs: list[Path] = field(default_factory=list)
+    builtin_checkpoints: list[Path] = field(default_factory=lambda: [DEMO_CHECKPOINT])
 
     @property
     def config_file(self) -> Path:
@@ -52,7 +54,7 @@ def build_app_context(paths: AppPaths, device: DeviceSettings) -> AppContext:
     styles = StyleStore(paths.styles_file, STARTER_STYLES)
     dirs = paths.checkpoint_dirs or [paths.root / "models" / "Stable-diffusion"]
     manager = ModelManager(dirs, device, cache_size=options.options.sd_checkpoints_limit,
-                           hash_cache=HashCache(paths.cache_file))
+                           hash_cache=HashCache(paths.cache_file), builtin=paths.builtin_checkpoints)
     options.subscribe(lambda old, new: _apply_options(manager, old, new))
     service = GenerationService(manager, options, styles, device, root=paths.root)
     return AppContext(root=paths.root, options=options, styles=styles, manager=manager, service=service, device=device)

@@ -76,5 +76,5 @@ def app_context(studio_root, checkpoint_dir):
     from backend.app_context import AppPaths, build_app_context
     from backend.devices import DeviceSettings
 
-    paths = AppPaths(root=studio_root, checkpoint_dirs=[checkpoint_dir])
+    paths = AppPaths(root=studio_root, checkpoint_dirs=[checkpoint_dir], builtin_checkpoints=[])
     return build_app_context(paths, DeviceSettings.from_flags(device="cpu"))

@@ -39,12 +39,24 @@ def selected_checkpoint(ctx: AppContext) -> str | None:
     return default.title if default else None
 
 
+def native_size(ctx: AppContext, title: str | None) -> int:
+    """The loaded or scanned model's own size: 512 SD1, 768 SD2-v, 1024 SDXL, 128 the demo."""
+    try:
+        info = ctx.manager.find(title) if title else None
+    except ValueError:
+        info = None
+    return info.variant.native_size if info and info.variant else 512
+
+
 def status_line(ctx: AppContext) -> str:
     entries = ctx.manager.checkpoints()
     usable = [e for e in entries if e.error is None]
     lines = []
+    folders = ", ".join(str(d) for d in ctx.manager.checkpoint_dirs)
+    if usable and all(e.builtin for e in usable):
+        lines.append(f"Using the built-in demo model: it draws simple coloured shapes at 128 px. "
+                     f"Put real checkpoints in `{folders}` and press 🔄.")
     if not usable:
-        folders = ", ".join(str(d) for d in ctx.manager.checkpoint_dirs)
         lines.append(f"No usable checkpoint yet: put `.safetensors` or `.ckpt` files in `{folders}` and press 🔄.")
     for e in entries:
         if e.error:
@@ -84,19 +96,25 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         def pick(title):
             if not title:
-                return gr.skip(), status_line(ctx)
+                return gr.skip(), status_line(ctx), gr.skip(), gr.skip()
             try:
                 with ctx.manager.device_lock:
                     loaded = ctx.manager.load(title)
                 ctx.options.update(sd_model_checkpoint=loaded.info.title)
             except Exception as exc:  # the old model keeps serving; put the picker back
                 gr.Warning(user_message(exc))
-                return gr.update(value=selected_checkpoint(ctx)), status_line(ctx)
+                return gr.update(value=selected_checkpoint(ctx)), status_line(ctx), gr.skip(), gr.skip()
             # Loading computes the hash, which changes the title: refresh the choices.
-            return gr.update(choices=checkpoint_choices(ctx), value=loaded.info.title), status_line(ctx)
+            size = loaded.variant.native_size
+            return (gr.update(choices=checkpoint_choices(ctx), value=loaded.info.title), status_line(ctx),
+                    size, size)
 
         # Settings apply without a restart: each page load reads the current default sampler.
-        demo.load(lambda: ctx.options.options.default_sampler, outputs=txt2img.sampler, queue=False)
+        def on_page_load():
+            size = native_size(ctx, selected_checkpoint(ctx))
+            return ctx.options.options.default_sampler, size, size
+
+        demo.load(on_page_load, outputs=[txt2img.sampler, txt2img.width, txt2img.height], queue=False)
         refresh.click(do_refresh, inputs=checkpoint, outputs=[checkpoint, status], queue=False)
-        checkpoint.input(pick, inputs=checkpoint, outputs=[checkpoint, status])
+        checkpoint.input(pick, inputs=checkpoint, outputs=[checkpoint, status, txt2img.width, txt2img.height])
     return demo

@@ -28,6 +28,8 @@ class Txt2ImgTab:
     generate: gr.Button
     gallery: gr.Gallery
     sampler: gr.Dropdown
+    width: gr.Slider
+    height: gr.Slider
 
 
 def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdown) -> Txt2ImgTab:
@@ -124,7 +126,7 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
     skip.click(skip_own_batch, inputs=None, outputs=None, queue=False)
     random_seed.click(lambda: -1, outputs=seed, queue=False)
     reuse_seed.click(lambda s: s, inputs=last_seed, outputs=seed, queue=False)
-    return Txt2ImgTab(generate=generate, gallery=gallery, sampler=sampler)
+    return Txt2ImgTab(generate=generate, gallery=gallery, sampler=sampler, width=width, height=height)
 
 
 def _stream_job(ctx: AppContext, jobs: SessionJobs, session: str, req: Txt2ImgRequest):

@@ -55,7 +55,13 @@ def _shape(sd: Mapping, key: str) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- detection
 
 
-def detect_variant(sd: Mapping, prediction_hint: str | None = None) -> ModelVariant:
+def resolution_from_metadata(metadata: Mapping[str, str]) -> int | None:
+    """SAI model-spec files state their training size as "modelspec.resolution": "1024x1024"."""
+    match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", metadata.get("modelspec.resolution", ""))
+    return int(match.group(1)) if match and match.group(1) == match.group(2) else None
+
+
+def detect_variant(sd: Mapping, prediction_hint: str | None = None, resolution: int | None = None) -> ModelVariant:
     """Family and variant of a checkpoint's state dict; raises UnsupportedCheckpoint with the reason.
 
     `prediction_hint` is "v_prediction" or "epsilon" when the user said so (a
@@ -98,7 +104,8 @@ def detect_variant(sd: Mapping, prediction_hint: str | None = None) -> ModelVari
     if family is ModelFamily.SD2 and prediction_hint:
         prediction = prediction_hint
     distilled = _distilled_name(sd) if family is ModelFamily.SDXL else None
-    return ModelVariant(family=family, prediction_type=prediction, inpainting=inpainting, distilled=distilled)
+    return ModelVariant(family=family, prediction_type=prediction, inpainting=inpainting, distilled=distilled,
+                        resolution=resolution)
 
 
 def _why_not_a_checkpoint(keys) -> str:

@@ -38,9 +38,9 @@ def prediction_hint(path: Path) -> str | None:
 
 def load_single_file(path: Path, device: DeviceSettings):
     """(pipeline, variant) for an original-layout checkpoint file."""
-    sd, _metadata = read_state_dict(path)
+    sd, metadata = read_state_dict(path)
     try:
-        variant = arch.detect_variant(sd, prediction_hint(path))
+        variant = arch.detect_variant(sd, prediction_hint(path), arch.resolution_from_metadata(metadata))
         pipe = build_pipeline(sd, variant, device.dtype)
     except arch.UnsupportedCheckpoint as exc:
         raise CheckpointLoadError(f"{path.name}: {exc}") from None

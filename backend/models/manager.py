@@ -30,8 +30,9 @@ CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 class ModelManager:
     def __init__(self, checkpoint_dirs: list[Path], device: DeviceSettings, cache_size: int = 1,
-                 hash_cache: HashCache | None = None):
+                 hash_cache: HashCache | None = None, builtin: list[Path] | None = None):
         self.checkpoint_dirs = [Path(d) for d in checkpoint_dirs]
+        self.builtin = [Path(p) for p in builtin or []]  # shipped checkpoints, listed after the user's
         self.device = device
         self.hashes = hash_cache or HashCache(None)
         self.device_lock = threading.RLock()  # one job on the device at a time
@@ -54,11 +55,16 @@ class ModelManager:
                     entries[path.resolve()] = CheckpointInfo(path=path, name=path.relative_to(root).as_posix())
                 elif path.is_file() and path.suffix.lower() in CHECKPOINT_EXTENSIONS and not _inside_diffusers(path, root):
                     entries[path.resolve()] = self._describe(path, root)
+        for path in self.builtin:
+            if path.is_file() and path.resolve() not in entries:
+                info = self._describe(path, path.parent)
+                info.builtin = True
+                entries[path.resolve()] = info
         with self._lock:
             for loaded in self._loaded.values():  # keep what loading learnt (hash, variant)
                 if (found := entries.get(loaded.info.path.resolve())) and found.error is None:
                     entries[loaded.info.path.resolve()] = loaded.info
-            self._entries = sorted(entries.values(), key=lambda e: e.name.lower())
+            self._entries = sorted(entries.values(), key=lambda e: (e.builtin, e.name.lower()))
             return list(self._entries)
 
     def _describe(self, path: Path, root: Path) -> CheckpointInfo:
@@ -66,8 +72,8 @@ class ModelManager:
         try:
             info.sha256 = self.hashes.cached(path)
             if sniff_format(path) == "safetensors":  # cheap: shapes from the header, no tensor data read
-                shapes, _ = read_safetensors_header(path)
-                info.variant = arch.detect_variant(shapes, prediction_hint(path))
+                shapes, metadata = read_safetensors_header(path)
+                info.variant = arch.detect_variant(shapes, prediction_hint(path), arch.resolution_from_metadata(metadata))
         except (CheckpointLoadError, arch.UnsupportedCheckpoint, OSError) as exc:
             info.error = str(exc).removeprefix(f"{path.name}: ")
         return info
@@ -98,6 +104,7 @@ class ModelManager:
         with self._lock:
             if self._loaded:
                 return next(reversed(self._loaded.values())).info
+            # The user's own checkpoints first; the shipped demo only when there is none.
             return next((e for e in self._entries if e.error is None), None)
 
     # ------------------------------------------------------------------ loading

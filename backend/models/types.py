@@ -31,6 +31,16 @@ class ModelVariant:
     prediction_type: str = "epsilon"  # or "v_prediction"
     inpainting: bool = False  # 9-channel UNet input
     distilled: str | None = None  # "SSD-1B", "Vega", or another reduced SDXL UNet
+    resolution: int | None = None  # trained size when the file says so (modelspec.resolution)
+
+    @property
+    def native_size(self) -> int:
+        """The width/height the UI should start from for this model."""
+        if self.resolution:
+            return self.resolution
+        if self.family is ModelFamily.SD2 and self.prediction_type == "v_prediction":
+            return 768
+        return self.family.native_size
 
     @property
     def label(self) -> str:
@@ -54,6 +64,7 @@ class CheckpointInfo:
     sha256: str | None = None  # filled lazily (hash cache) or when loaded
     error: str | None = None  # set when the entry is listed as unsupported
     variant: ModelVariant | None = None  # known from the header at scan time (safetensors) or after loading
+    builtin: bool = False  # shipped with the studio (the demo model), not the user's own file
 
     @property
     def model_name(self) -> str:

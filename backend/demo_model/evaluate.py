@@ -1,0 +1,187 @@
+"""Measure whether the demo model follows its prompts, with criteria anyone can check.
+
+    python -m backend.demo_model.evaluate [--checkpoint PATH] [--steps 20]
+
+- Colour: the foreground (pixels far from the border's median colour) has a
+  median colour; its nearest named colour must be the prompt's.
+- Shape: a hole at the centre of the foreground's box is a ring; solidity
+  (area / convex-hull area) under 0.8 is a star; otherwise the spread of the
+  outline's distance from the centroid (std/mean) tells circle (~0.01),
+  square (~0.11) and triangle (~0.22) apart. Rotation does not change these.
+- Prompts: colour x shape pairs held out of training, each said two ways.
+- CFG: the same prompts at CFG 1 must score clearly lower than at CFG 7.
+- Negative prompt: "a circle" with and without the negative prompt "red".
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from backend.demo_model.scenes import BACKGROUNDS, COLOURS, HELD_OUT, SHAPES
+
+PALETTE_NAMES = list(COLOURS)
+PALETTE = np.array([COLOURS[n] for n in PALETTE_NAMES], dtype=np.float32)
+FOREGROUND_DISTANCE = 60.0  # RGB distance from the background that counts as foreground
+MIN_FOREGROUND = 0.01  # below this share of pixels, nothing was drawn
+
+
+def nearest_colour(rgb: np.ndarray) -> str:
+    return PALETTE_NAMES[int(np.argmin(((PALETTE - rgb) ** 2).sum(axis=1)))]
+
+
+def foreground_mask(image: Image.Image) -> np.ndarray:
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background = np.median(border, axis=0)
+    return np.sqrt(((pixels - background) ** 2).sum(axis=2)) > FOREGROUND_DISTANCE
+
+
+def dominant_colour(image: Image.Image) -> str | None:
+    mask = foreground_mask(image)
+    if mask.mean() < MIN_FOREGROUND:
+        return None
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)[mask]
+    return nearest_colour(np.median(pixels, axis=0))
+
+
+def colour_share(image: Image.Image, colour: str) -> float:
+    """Share of all pixels whose nearest named colour is `colour`."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1, 3)
+    nearest = np.argmin(((pixels[:, None, :] - PALETTE[None]) ** 2).sum(axis=2), axis=1)
+    return float((nearest == PALETTE_NAMES.index(colour)).mean())
+
+
+def _convex_hull_area(points: np.ndarray) -> float:
+    """Area of the convex hull of (x, y) points: Andrew's monotone chain, then the shoelace formula."""
+    pts = sorted(set(map(tuple, points.tolist())))
+    if len(pts) < 3:
+        return 0.0
+
+    def half(seq):
+        hull: list[tuple[float, float]] = []
+        for p in seq:
+            while len(hull) >= 2 and ((hull[-1][0] - hull[-2][0]) * (p[1] - hull[-2][1])
+                                      - (hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0])) <= 0:
+                hull.pop()
+            hull.append(p)
+        return hull[:-1]
+
+    hull = np.array(half(pts) + half(reversed(pts)), dtype=np.float64)
+    x, y = hull[:, 0], hull[:, 1]
+    return 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+
+
+def classify_shape(image: Image.Image) -> str | None:
+    """Rotation-invariant: a hole makes a ring; low solidity a star; then how far the outline
+    strays from a circle around the centroid tells circle, square and triangle apart."""
+    mask = foreground_mask(image)
+    if mask.mean() < MIN_FOREGROUND:
+        return None
+    rows, cols = np.where(mask)
+    top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
+    box = mask[top:bottom + 1, left:right + 1]
+    h, w = box.shape
+    if box[int(h * 0.4):int(h * 0.6) + 1, int(w * 0.4):int(w * 0.6) + 1].mean() < 0.3:
+        return "ring"
+    inner = mask.copy()
+    inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    edge_rows, edge_cols = np.where(mask & ~inner)
+    # Pixel corners, so the hull encloses whole pixels like the area count does.
+    corners = np.concatenate([np.stack([edge_cols + dx, edge_rows + dy], 1) for dx in (0, 1) for dy in (0, 1)])
+    solidity = mask.sum() / max(_convex_hull_area(corners), 1.0)
+    if solidity < 0.8:
+        return "star"
+    distance = np.hypot(edge_rows - rows.mean(), edge_cols - cols.mean())
+    spread = distance.std() / distance.mean()
+    if spread < 0.05:
+        return "circle"
+    return "square" if spread < 0.165 else "triangle"
+
+
+def held_out_prompts() -> list[tuple[str, str, str]]:
+    """(prompt, colour, shape): every held-out pair, said briefly and in full."""
+    prompts = []
+    for i, (colour, shape) in enumerate(sorted(HELD_OUT)):
+        background = [b for b in BACKGROUNDS if b != colour][i % (len(BACKGROUNDS) - 1)]
+        prompts.append((f"a {colour} {shape}", colour, shape))
+        prompts.append((f"a large {colour} {shape} in the centre on a {background} background", colour, shape))
+    return prompts
+
+
+@dataclass
+class Scores:
+    colour: float
+    shape: float
+    count: int
+
+
+def score(images: list[Image.Image], expected: list[tuple[str, str]]) -> Scores:
+    colour_hits = sum(dominant_colour(im) == c for im, (c, _) in zip(images, expected))
+    shape_hits = sum(classify_shape(im) == s for im, (_, s) in zip(images, expected))
+    return Scores(colour=colour_hits / len(images), shape=shape_hits / len(images), count=len(images))
+
+
+class DemoEvaluator:
+    """Generates through the studio's own loader and runner, so the shipped file is what is measured."""
+
+    def __init__(self, checkpoint: Path, steps: int = 20, sampler: str = "Euler a"):
+        from backend.devices import DeviceSettings
+        from backend.models.manager import ModelManager
+
+        self.device = DeviceSettings.from_flags()
+        manager = ModelManager([], self.device, builtin=[checkpoint])
+        self.loaded = manager.load(checkpoint.name)
+        self.steps, self.sampler = steps, sampler
+        self.size = self.loaded.variant.native_size
+
+    def generate(self, prompt: str, seed: int, cfg: float = 7.0, negative: str = "") -> Image.Image:
+        from backend.generation.job import JobControl
+        from backend.generation.request import Txt2ImgRequest
+        from backend.generation.txt2img import run_txt2img
+
+        request = Txt2ImgRequest(prompt=prompt, negative_prompt=negative, steps=self.steps, cfg_scale=cfg,
+                                 width=self.size, height=self.size, seed=seed, sampler_name=self.sampler)
+        return run_txt2img(self.loaded, request, JobControl(), device_settings=self.device, prompt=prompt,
+                           negative_prompt=negative).images[0]
+
+    def adherence(self, prompts: list[tuple[str, str, str]], cfg: float, seed: int = 1000) -> Scores:
+        images = [self.generate(p, seed + i, cfg) for i, (p, _, _) in enumerate(prompts)]
+        return score(images, [(c, s) for _, c, s in prompts])
+
+    def negative_prompt_effect(self, seeds: int = 32, seed: int = 5000) -> dict[str, float]:
+        plain = [self.generate("a circle", seed + i) for i in range(seeds)]
+        negated = [self.generate("a circle", seed + i, negative="red") for i in range(seeds)]
+        return {
+            "red_images_without": sum(dominant_colour(im) == "red" for im in plain),
+            "red_images_with_negative": sum(dominant_colour(im) == "red" for im in negated),
+            "red_share_without": float(np.mean([colour_share(im, "red") for im in plain])),
+            "red_share_with_negative": float(np.mean([colour_share(im, "red") for im in negated])),
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    from backend.app_context import DEMO_CHECKPOINT
+
+    ap = argparse.ArgumentParser(description="Prompt adherence of the demo checkpoint")
+    ap.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT)
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args(argv)
+    evaluator = DemoEvaluator(args.checkpoint, steps=args.steps)
+    prompts = held_out_prompts()
+    at7 = evaluator.adherence(prompts, cfg=7.0)
+    at1 = evaluator.adherence(prompts, cfg=1.0)
+    negative = evaluator.negative_prompt_effect()
+    print(f"held-out prompts: {len(prompts)} ({len(HELD_OUT)} colour x shape pairs never seen in training)")
+    print(f"colour adherence  CFG 7: {at7.colour:.0%}   CFG 1: {at1.colour:.0%}   (goal >= 90% at CFG 7)")
+    print(f"shape adherence   CFG 7: {at7.shape:.0%}   CFG 1: {at1.shape:.0%}   (goal >= 70% at CFG 7)")
+    print(f"'a circle', {32} seeds: red images {negative['red_images_without']} without, "
+          f"{negative['red_images_with_negative']} with negative prompt 'red'; red pixel share "
+          f"{negative['red_share_without']:.3f} -> {negative['red_share_with_negative']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
