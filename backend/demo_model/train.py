@@ -50,12 +50,12 @@ DEFAULT_OUT = Path(__file__).parent / "studio-demo.safetensors"
 @dataclass
 class Recipe:
     seed: int = 0
-    vae_steps: int = 1200
+    vae_steps: int = 2400
     vae_batch: int = 8
     vae_crop: int = 64
     vae_lr: float = 1e-3
     scenes: int = 6000
-    unet_steps: int = 3200
+    unet_steps: int = 3000
     unet_batch: int = 32
     unet_lr: float = 6e-4
     min_snr_gamma: float = 5.0
