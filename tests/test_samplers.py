@@ -17,7 +17,7 @@ from backend.generation.samplers import (
     scheduler_label,
     split_legacy_sampler_name,
 )
-from backend.generation.txt2img import derive_pipeline
+from backend.generation.sampling import derive_pipeline
 from tests.test_txt2img import build_tiny_sd1
 
 SD_CONFIG = {

@@ -22,7 +22,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from backend.devices import DeviceSettings
 from backend.generation.job import JobControl
 from backend.generation.request import HiresFix, Txt2ImgRequest
-from backend.generation.txt2img import derive_pipeline, encode_with_clip_skip, run_txt2img
+from backend.generation.sampling import derive_pipeline, encode_with_clip_skip
+from backend.generation.txt2img import run_txt2img
 from backend.images.infotext import parse_infotext
 from backend.models.errors import UnknownCheckpointError
 from backend.models.types import CheckpointInfo, LoadedCheckpoint, ModelFamily, ModelVariant

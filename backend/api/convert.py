@@ -1,11 +1,13 @@
 """Translate between A1111's API shapes and the studio's own request/result types.
 
-Fields we honour are mapped onto `Txt2ImgRequest`. A field we cannot honour is
+Fields we honour are mapped onto `Txt2ImgRequest` / `Img2ImgRequest`. A field we cannot honour is
 accepted at its default (or a value that changes nothing) and refused with a
 message naming it otherwise: a client must never get a picture made without
 the setting it asked for. `comments`, `do_not_save_grid`, `eta`,
 `firstphase_*`, `force_task_id` and `override_settings_restore_afterwards` are
-ignored (overrides never touch the global options here anyway).
+ignored (overrides never touch the global options here anyway). For img2img,
+`image_cfg_scale` is ignored as A1111 ignores it for models that are not
+instruct-pix2pix (which this studio does not run).
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from pydantic import ValidationError
 
+from backend.api.schemas import StableDiffusionImg2ImgProcessingAPI as ApiImg2Img
 from backend.api.schemas import StableDiffusionTxt2ImgProcessingAPI as ApiTxt2Img
-from backend.generation.request import HiresFix, Txt2ImgRequest
+from backend.api.schemas import _ProcessingAPI as ApiProcessing
+from backend.generation.request import MASKED_CONTENT, HiresFix, Img2ImgRequest, Txt2ImgRequest
 from backend.generation.samplers import (
     SAMPLER_NAMES,
     SCHEDULE_TYPES,
@@ -31,6 +35,8 @@ from backend.generation.samplers import (
     split_legacy_sampler_name,
 )
 from backend.images.infotext import parse_infotext
+from backend.images.loading import ImageInputError, decode_base64_image, decode_base64_mask
+from backend.images.resize import RESIZE_MODES
 from backend.settings import Options
 
 
@@ -93,8 +99,15 @@ _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "s_tmax": (lambda v: v in (None, 0) or v == math.inf, "s_tmax is not supported"),
     "s_noise": (_is(None, 1), "s_noise is not supported"),
     "refiner_checkpoint": (_is(None, "", "None"), "the SDXL refiner is not supported"),
-    "firstpass_image": (_is(None, ""), "a first-pass image is not supported"),
     "script_name": (_is(None, ""), "scripts are not supported"),
+}
+_UNSUPPORTED_TXT2IMG = {
+    "firstpass_image": (_is(None, ""), "a first-pass image is not supported"),
+}
+_UNSUPPORTED_IMG2IMG = {
+    "mask_round": (_is(True), "an unrounded latent mask is not supported"),
+    "initial_noise_multiplier": (_is(None, 1), "initial_noise_multiplier is not supported"),
+    "latent_mask": (_is(None, ""), "a separate latent mask is not supported"),
 }
 
 _HIRES_SAME = {
@@ -104,13 +117,16 @@ _HIRES_SAME = {
 }
 
 
-def _refusals(req: ApiTxt2Img, sampler: str, scheduler: str) -> list[tuple[str, str]]:
-    problems = [(f, why) for f, (ok, why) in _UNSUPPORTED.items() if not ok(getattr(req, f))]
+def _refusals(req: ApiProcessing, sampler: str, scheduler: str) -> list[tuple[str, str]]:
+    unsupported = _UNSUPPORTED | (_UNSUPPORTED_IMG2IMG if isinstance(req, ApiImg2Img) else _UNSUPPORTED_TXT2IMG)
+    problems = [(f, why) for f, (ok, why) in unsupported.items() if not ok(getattr(req, f))]
     if req.disable_extra_networks and "<" in req.prompt + req.negative_prompt:
         problems.append(("disable_extra_networks", "cannot ignore <...> networks in the prompt"))
     for name in req.alwayson_scripts:
         problems.append((f"alwayson_scripts.{name}", "always-on scripts are not supported"))
-    if req.enable_hr:
+    if isinstance(req, ApiImg2Img) and req.mask_blur is None and req.mask_blur_x != req.mask_blur_y:
+        problems.append(("mask_blur_x/mask_blur_y", "different horizontal and vertical blur is not supported"))
+    if isinstance(req, ApiTxt2Img) and req.enable_hr:
         same = {
             "hr_checkpoint_name": req.hr_checkpoint_name in (None, "", _HIRES_SAME["hr_checkpoint_name"]),
             "hr_sampler_name": req.hr_sampler_name in (None, "", _HIRES_SAME["hr_sampler_name"])
@@ -168,20 +184,40 @@ _INFOTEXT_FIELDS = {
 }
 
 
-def apply_infotext(req: ApiTxt2Img) -> ApiTxt2Img:
+# infotext value -> img2img request value
+_INFOTEXT_IMG2IMG = {
+    "Mask blur": ("mask_blur", int),
+    "Masked content": ("inpainting_fill", MASKED_CONTENT.index),
+    "Inpaint area": ("inpaint_full_res", lambda v: v == "Only masked"),
+    "Masked area padding": ("inpaint_full_res_padding", int),
+    "Mask mode": ("inpainting_mask_invert", lambda v: int(v == "Inpaint not masked")),
+    "Resize mode": ("resize_mode", RESIZE_MODES.index),
+}
+
+
+def apply_infotext(req: ApiProcessing) -> ApiProcessing:
     """Fill the fields the client did not set from `req.infotext`, like A1111 1.8+."""
     if not req.infotext:
         return req
     params = parse_infotext(req.infotext)
-    values: dict[str, Any] = {f: params[k] for k, f in _INFOTEXT_FIELDS.items() if k in params}
-    if "Denoising strength" in params and any(k in params for k in ("Hires upscale", "Hires upscaler", "Hires resize-1")):
+    fields = type(req).model_fields
+    values: dict[str, Any] = {f: params[k] for k, f in _INFOTEXT_FIELDS.items() if k in params and f in fields}
+    if isinstance(req, ApiTxt2Img) and "Denoising strength" in params and any(
+            k in params for k in ("Hires upscale", "Hires upscaler", "Hires resize-1")):
         values["enable_hr"] = True
+    if isinstance(req, ApiImg2Img):
+        for key, (field, read) in _INFOTEXT_IMG2IMG.items():
+            if key in params:
+                try:
+                    values[field] = read(params[key])
+                except ValueError:
+                    pass  # a value this studio does not know: keep the default
     overrides = dict(req.override_settings)
     if "Clip skip" in params:
         overrides.setdefault("CLIP_stop_at_last_layers", params["Clip skip"])
     explicit = req.model_dump(exclude_unset=True)
     merged = {**values, **explicit, "override_settings": overrides, "infotext": None}
-    return ApiTxt2Img.model_validate(merged)
+    return type(req).model_validate(merged)
 
 
 # --- request --------------------------------------------------------------
@@ -195,13 +231,13 @@ _FIELD_NAMES = {  # our field path -> A1111 field name, for error messages
 }
 
 
-def _validation_problems(err: ValidationError, req: ApiTxt2Img) -> list[tuple[str, str]]:
+def _validation_problems(err: ValidationError, req: ApiProcessing) -> list[tuple[str, str]]:
     problems = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"])
         if path == "sampler_name" and not req.sampler_name:
             field = "sampler_index"
-        elif not path and req.enable_hr:  # the only whole-request check: the hires size
+        elif not path and getattr(req, "enable_hr", False):  # the only whole-request check: the hires size
             field = "hr_resize_x/hr_resize_y" if req.hr_resize_x or req.hr_resize_y else "hr_scale"
         else:
             field = _FIELD_NAMES.get(path, path or "request")
@@ -210,13 +246,8 @@ def _validation_problems(err: ValidationError, req: ApiTxt2Img) -> list[tuple[st
     return problems
 
 
-def to_txt2img_request(req: ApiTxt2Img, options: Options) -> Txt2ImgRequest:
-    """Our request for an A1111 txt2img payload; raises ApiFieldError naming A1111 fields.
-
-    `override_settings.sd_model_checkpoint` becomes `checkpoint` of this one
-    request; the global option is never changed.
-    """
-    req = apply_infotext(req)
+def _shared_fields(req: ApiProcessing, options: Options) -> dict[str, Any]:
+    """Our request fields common to txt2img and img2img; raises ApiFieldError for refused ones."""
     sampler_name = req.sampler_name or req.sampler_index
     sampler = _sampler(sampler_name)
     scheduler = resolve_scheduler(req.scheduler)
@@ -240,6 +271,25 @@ def to_txt2img_request(req: ApiTxt2Img, options: Options) -> Txt2ImgRequest:
         n_iter=req.n_iter, clip_skip=options.CLIP_stop_at_last_layers,
         save_images=req.save_images,
     )
+    fields.update(overridden)
+    return fields
+
+
+def _validate(model: type, fields: dict[str, Any], req: ApiProcessing):
+    try:
+        return model.model_validate(fields)
+    except ValidationError as err:
+        raise ApiFieldError(_validation_problems(err, req)) from err
+
+
+def to_txt2img_request(req: ApiTxt2Img, options: Options) -> Txt2ImgRequest:
+    """Our request for an A1111 txt2img payload; raises ApiFieldError naming A1111 fields.
+
+    `override_settings.sd_model_checkpoint` becomes `checkpoint` of this one
+    request; the global option is never changed.
+    """
+    req = apply_infotext(req)
+    fields = _shared_fields(req, options)
     if req.enable_hr:
         fields["hires"] = dict(
             enabled=True, upscaler=req.hr_upscaler or "Latent", upscale_by=req.hr_scale,
@@ -248,11 +298,44 @@ def to_txt2img_request(req: ApiTxt2Img, options: Options) -> Txt2ImgRequest:
         )
     else:
         fields["hires"] = HiresFix()
-    fields.update(overridden)
-    try:
-        return Txt2ImgRequest.model_validate(fields)
-    except ValidationError as err:
-        raise ApiFieldError(_validation_problems(err, req)) from err
+    return _validate(Txt2ImgRequest, fields, req)
+
+
+def _choice(field: str, value: int, choices: tuple[str, ...]) -> str:
+    if not 0 <= value < len(choices):
+        raise ApiFieldError([(field, f"must be 0..{len(choices) - 1} ({', '.join(choices)}), got {value}")])
+    return choices[value]
+
+
+def to_img2img_request(req: ApiImg2Img, options: Options) -> Img2ImgRequest:
+    """Our request for an A1111 img2img payload (images decoded); raises ApiFieldError."""
+    req = apply_infotext(req)
+    fields = _shared_fields(req, options)
+    if not req.init_images:
+        raise ApiFieldError([("init_images", "at least one base64 image is required")])
+    images, problems = [], []
+    for index, data in enumerate(req.init_images):
+        try:
+            images.append(decode_base64_image(data, f"init image {index}"))
+        except ImageInputError as err:
+            problems.append((f"init_images.{index}", str(err)))
+    mask = None
+    if req.mask:
+        try:
+            mask = decode_base64_mask(req.mask)
+        except ImageInputError as err:
+            problems.append(("mask", str(err)))
+    if problems:
+        raise ApiFieldError(problems)
+    fields.update(
+        init_images=images, mask=mask, denoising_strength=req.denoising_strength,
+        resize_mode=_choice("resize_mode", req.resize_mode, RESIZE_MODES),
+        mask_blur=req.mask_blur if req.mask_blur is not None else req.mask_blur_x,
+        inpainting_fill=_choice("inpainting_fill", req.inpainting_fill, MASKED_CONTENT),
+        inpaint_full_res=req.inpaint_full_res, inpaint_full_res_padding=req.inpaint_full_res_padding,
+        inpainting_mask_invert=bool(req.inpainting_mask_invert),
+    )
+    return _validate(Img2ImgRequest, fields, req)
 
 
 # --- results --------------------------------------------------------------
@@ -265,6 +348,14 @@ def encode_png_base64(image: Image.Image, infotext: str | None) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=meta)
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def result_images(result: Any, send: bool) -> list[str]:
+    """The response's base64 PNGs, each with its own infotext."""
+    if not send:
+        return []
+    texts = list(result.infotexts)
+    return [encode_png_base64(image, texts[i] if i < len(texts) else None) for i, image in enumerate(result.images)]
 
 
 def result_info(result: Any) -> str:

@@ -19,13 +19,19 @@ from pydantic import ValidationError
 
 from backend.api import convert
 from backend.api.schemas import (
+    ImageToImageResponse,
+    PNGInfoRequest,
+    PNGInfoResponse,
     SamplerItem,
     SchedulerItem,
     SDModelItem,
+    StableDiffusionImg2ImgProcessingAPI,
     StableDiffusionTxt2ImgProcessingAPI,
     TextToImageResponse,
 )
 from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, sampler_aliases
+from backend.images.infotext import parse_infotext, read_infotext
+from backend.images.loading import ImageInputError, decode_base64_mask
 from backend.models.errors import CheckpointLoadError, UnknownCheckpointError
 from backend.settings import PATH_OPTIONS, Options
 
@@ -90,12 +96,29 @@ def create_api_router(ctx: Any) -> APIRouter:
     def txt2img(req: StableDiffusionTxt2ImgProcessingAPI) -> TextToImageResponse:
         request = convert.to_txt2img_request(req, ctx.options.options)
         result = ctx.service.txt2img(request)
-        images = []
-        if req.send_images:
-            infotexts = list(result.infotexts)
-            images = [convert.encode_png_base64(img, infotexts[i] if i < len(infotexts) else None)
-                      for i, img in enumerate(result.images)]
-        return TextToImageResponse(images=images, parameters=req.model_dump(), info=convert.result_info(result))
+        return TextToImageResponse(images=convert.result_images(result, req.send_images),
+                                   parameters=req.model_dump(), info=convert.result_info(result))
+
+    @router.post("/img2img", response_model=ImageToImageResponse)
+    def img2img(req: StableDiffusionImg2ImgProcessingAPI) -> ImageToImageResponse:
+        request = convert.to_img2img_request(req, ctx.options.options)
+        result = ctx.service.img2img(request)
+        parameters = req.model_dump()
+        if not req.include_init_images:  # as A1111: the (large) inputs are not echoed unless asked
+            parameters["init_images"] = None
+            parameters["mask"] = None
+        return ImageToImageResponse(images=convert.result_images(result, req.send_images),
+                                    parameters=parameters, info=convert.result_info(result))
+
+    @router.post("/png-info", response_model=PNGInfoResponse)
+    def png_info(req: PNGInfoRequest) -> PNGInfoResponse:
+        try:
+            image = decode_base64_mask(req.image, "the image")  # decoded as stored: metadata intact
+        except ImageInputError as err:
+            raise convert.ApiFieldError([("image", str(err))]) from None
+        text = read_infotext(image) or ""
+        items = {k: v for k, v in image.info.items() if k != "parameters" and isinstance(v, (str, int, float))}
+        return PNGInfoResponse(info=text, items=items, parameters=parse_infotext(text) if text else {})
 
     @router.get("/sd-models", response_model=list[SDModelItem])
     def sd_models() -> list[SDModelItem]:

@@ -25,7 +25,9 @@ class _NullMeansDefault(BaseModel):
         return data
 
 
-class StableDiffusionTxt2ImgProcessingAPI(_NullMeansDefault):
+class _ProcessingAPI(_NullMeansDefault):
+    """Fields txt2img and img2img share in A1111's API."""
+
     prompt: str = ""
     negative_prompt: str = ""
     styles: list[str] = Field(default_factory=list)
@@ -58,8 +60,19 @@ class StableDiffusionTxt2ImgProcessingAPI(_NullMeansDefault):
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
     disable_extra_networks: bool = False
-    firstpass_image: str | None = None
     comments: dict[str, Any] | None = None
+    force_task_id: str | None = None
+    sampler_index: str = "Euler"
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    infotext: str | None = None
+
+
+class StableDiffusionTxt2ImgProcessingAPI(_ProcessingAPI):
+    firstpass_image: str | None = None
     enable_hr: bool = False
     firstphase_width: int = 0
     firstphase_height: int = 0
@@ -73,20 +86,45 @@ class StableDiffusionTxt2ImgProcessingAPI(_NullMeansDefault):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
-    force_task_id: str | None = None
-    sampler_index: str = "Euler"
-    script_name: str | None = None
-    script_args: list[Any] = Field(default_factory=list)
-    send_images: bool = True
-    save_images: bool = False
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    infotext: str | None = None
+
+
+class StableDiffusionImg2ImgProcessingAPI(_ProcessingAPI):
+    init_images: list[str] = Field(default_factory=list, description="base64 images (PNG, JPEG, WebP...)")
+    resize_mode: int = Field(0, description="0 just resize, 1 crop and resize, 2 resize and fill, "
+                                            "3 just resize (latent upscale)")
+    image_cfg_scale: float | None = None
+    mask: str | None = Field(None, description="base64 mask: white = change, black = keep")
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int | None = None
+    mask_round: bool = True
+    inpainting_fill: int = Field(0, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    inpaint_full_res: bool = Field(True, description="true = 'Only masked'")
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: int = Field(0, description="1 = inpaint not masked")
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool = Field(False, description="echo init_images and mask in `parameters`")
+
+
+class PNGInfoRequest(_NullMeansDefault):
+    image: str = Field(description="base64 image")
+
+
+class PNGInfoResponse(BaseModel):
+    info: str = Field(description="the infotext, empty if none")
+    items: dict[str, Any] = Field(description="other metadata of the image")
+    parameters: dict[str, Any] = Field(description="the infotext parsed into fields")
 
 
 class TextToImageResponse(BaseModel):
     images: list[str] | None = Field(None, description="base64 PNGs with an infotext 'parameters' chunk")
     parameters: dict[str, Any]
     info: str = Field(description="JSON string: seeds, infotexts and other generation info")
+
+
+class ImageToImageResponse(TextToImageResponse):
+    pass
 
 
 class SDModelItem(BaseModel):

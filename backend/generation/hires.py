@@ -1,8 +1,8 @@
 """Pieces of A1111's "Hires. fix": upscale the first pass, decode latents.
 
 The runner (txt2img.py) does the two sampling passes; this module holds what
-sits between them: the upscale in latent space or in pixel space, the VAE
-decode used when a pass returns latents, and the infotext entries.
+sits between them: the upscale in latent space or in pixel space, and the
+infotext entries.
 """
 from __future__ import annotations
 
@@ -41,36 +41,6 @@ def upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str,
 def upscale_images(images: list[Image.Image], size: tuple[int, int], upscaler: str) -> list[Image.Image]:
     """Pixel-space resize to `size` = (width, height) with PIL."""
     return [image.resize(size, resample=_PIXEL_FILTERS[upscaler]) for image in images]
-
-
-@torch.no_grad()
-def decode_latents(pipe, latents: torch.Tensor, upcast: bool = False) -> list[Image.Image]:
-    """VAE-decode latents (as a pipeline returns them with output_type="latent") to PIL.
-
-    `upcast`: decode in float32 when the VAE is float16 and its config asks for
-    it (the SDXL VAE overflows in half precision), as the SDXL pipeline does.
-    """
-    vae = pipe.vae
-    upcast = upcast and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    if upcast:
-        vae.to(dtype=torch.float32)
-    try:
-        mean = getattr(vae.config, "latents_mean", None)
-        std = getattr(vae.config, "latents_std", None)
-        scaling = vae.config.scaling_factor
-        if mean is not None and std is not None:
-            shape = (1, latents.shape[1], 1, 1)
-            mean_t = torch.tensor(mean).view(shape).to(latents.device, latents.dtype)
-            std_t = torch.tensor(std).view(shape).to(latents.device, latents.dtype)
-            latents = latents * std_t / scaling + mean_t
-        else:
-            latents = latents / scaling
-        latents = latents.to(pipe._execution_device, vae.dtype)
-        image = vae.decode(latents, return_dict=False)[0]
-    finally:
-        if upcast:
-            vae.to(dtype=torch.float16)
-    return pipe.image_processor.postprocess(image.float(), output_type="pil")
 
 
 def infotext_params(hires: HiresFix) -> dict[str, object]:

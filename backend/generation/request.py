@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, effective_schedule
+from backend.images.resize import ResizeMode
 
 MIN_SIZE = 64
 MAX_SIZE = 4096
@@ -62,7 +64,9 @@ class HiresFix(BaseModel):
         return w, h
 
 
-class Txt2ImgRequest(BaseModel):
+class GenerationRequest(BaseModel):
+    """What txt2img and img2img share: prompt, sampling, seed, batch, model."""
+
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = ""
@@ -78,7 +82,6 @@ class Txt2ImgRequest(BaseModel):
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)  # images per sampling pass
     n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT)  # "Batch count": sampling passes
     clip_skip: int = Field(1, ge=1, le=12)
-    hires: HiresFix = Field(default_factory=HiresFix)
     # Title "name [hash]", file name, or name without extension; None = the selected one.
     checkpoint: str | None = None
     save_images: bool = True
@@ -112,12 +115,80 @@ class Txt2ImgRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _sampler_schedule(self) -> "Txt2ImgRequest":
+    def _sampler_schedule(self) -> "GenerationRequest":
         effective_schedule(self.sampler_name, self.scheduler)  # e.g. "Euler a" has no Karras
         return self
+
+
+class Txt2ImgRequest(GenerationRequest):
+    hires: HiresFix = Field(default_factory=HiresFix)
 
     @model_validator(mode="after")
     def _hires_size(self) -> "Txt2ImgRequest":
         if self.hires.enabled:
             self.hires.target_size(self.width, self.height)
         return self
+
+
+MaskedContent = Literal["fill", "original", "latent noise", "latent nothing"]
+MASKED_CONTENT: tuple[str, ...] = MaskedContent.__args__  # type: ignore[attr-defined]
+MAX_MASK_BLUR = 64
+MAX_OUTPAINT = 1024
+
+
+class Outpaint(BaseModel):
+    """Pixels to add on each side (multiples of 8); all 0 = no outpainting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    left: int = Field(0, ge=0, le=MAX_OUTPAINT)
+    right: int = Field(0, ge=0, le=MAX_OUTPAINT)
+    up: int = Field(0, ge=0, le=MAX_OUTPAINT)
+    down: int = Field(0, ge=0, le=MAX_OUTPAINT)
+
+    @field_validator("left", "right", "up", "down")
+    @classmethod
+    def _multiple_of_8(cls, value: int, info) -> int:
+        if value % 8:
+            raise ValueError(f"outpaint {info.field_name} must be a multiple of 8, got {value}")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.left, self.right, self.up, self.down))
+
+
+class Img2ImgRequest(GenerationRequest):
+    """img2img, inpaint and outpaint: A1111's img2img fields on top of the shared ones.
+
+    `init_images` and `mask` are already decoded (backend/images/loading.py);
+    image k of a batch starts from init_images[k % len(init_images)].
+    width/height are the size the picture is processed at; for "Only masked"
+    the crop around the mask is processed at that size and the output keeps
+    the input's size; outpainting grows the input by `outpaint` on each side.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    init_images: list[Image.Image] = Field(min_length=1, max_length=MAX_BATCH_SIZE)
+    mask: Image.Image | None = None
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    resize_mode: ResizeMode = "Just resize"
+    mask_blur: int = Field(4, ge=0, le=MAX_MASK_BLUR)
+    inpainting_fill: MaskedContent = "original"
+    inpaint_full_res: bool = False  # "Inpaint area: Only masked"
+    inpaint_full_res_padding: int = Field(32, ge=0, le=1024)
+    inpainting_mask_invert: bool = False  # "Mask mode: Inpaint not masked"
+    outpaint: Outpaint = Field(default_factory=Outpaint)
+
+    @model_validator(mode="after")
+    def _outpaint_alone(self) -> "Img2ImgRequest":
+        if self.outpaint.enabled and self.mask is not None:
+            raise ValueError("outpainting makes its own mask: send no mask with it")
+        if self.outpaint.enabled and len(self.init_images) > 1:
+            raise ValueError("outpainting takes one image")
+        return self
+
+    @property
+    def inpainting(self) -> bool:
+        return self.mask is not None or self.outpaint.enabled

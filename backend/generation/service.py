@@ -12,9 +12,11 @@ from typing import Any
 
 from PIL import Image
 
+from backend.generation.img2img import run_img2img
 from backend.generation.job import JobControl
-from backend.generation.request import Txt2ImgRequest
-from backend.generation.txt2img import VERSION, Txt2ImgOutput, run_txt2img
+from backend.generation.request import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
+from backend.generation.sampling import VERSION, GenerationOutput
+from backend.generation.txt2img import run_txt2img
 from backend.images.saving import FilenameTags, date_subdir, save_image
 from backend.models.errors import UnknownCheckpointError
 from backend.models.types import LoadedCheckpoint
@@ -43,6 +45,14 @@ class GenerationService:
         self.root = Path(root) if root is not None else Path.cwd()  # relative output folders live here
 
     def txt2img(self, request: Txt2ImgRequest, job: JobControl | None = None) -> GenerationResult:
+        return self._generate(request, job, run_txt2img, "outdir_txt2img_samples")
+
+    def img2img(self, request: Img2ImgRequest, job: JobControl | None = None) -> GenerationResult:
+        """img2img, inpaint or outpaint, whichever the request's fields ask for."""
+        return self._generate(request, job, run_img2img, "outdir_img2img_samples")
+
+    def _generate(self, request: GenerationRequest, job: JobControl | None, runner,
+                  outdir_option: str) -> GenerationResult:
         job = job or JobControl()
         options = self.options_store.options
         prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, request.styles)
@@ -51,9 +61,10 @@ class GenerationService:
         try:
             with self.manager.device_lock:
                 loaded = self.manager.load(self._checkpoint_name(request, options))
-                output = run_txt2img(loaded, request, job, device_settings=self.device_settings,
-                                     prompt=prompt, negative_prompt=negative)
-            paths = self._save(output, request, loaded, prompt, negative, options, started) \
+                output = runner(loaded, request, job, device_settings=self.device_settings,
+                                prompt=prompt, negative_prompt=negative)
+            directory = self.output_dir(getattr(options, outdir_option), options)
+            paths = self._save(output, request, loaded, prompt, negative, options, started, directory) \
                 if request.save_images else []
         finally:
             job.finish()
@@ -64,7 +75,7 @@ class GenerationService:
         )
 
     # --- helpers ---
-    def _checkpoint_name(self, request: Txt2ImgRequest, options) -> str:
+    def _checkpoint_name(self, request: GenerationRequest, options) -> str:
         name = request.checkpoint or options.sd_model_checkpoint
         if name:
             return name
@@ -79,16 +90,16 @@ class GenerationService:
             directory = self.root / directory
         return date_subdir(directory) if options.save_to_dirs else directory
 
-    def _save(self, output: Txt2ImgOutput, request: Txt2ImgRequest, loaded: LoadedCheckpoint, prompt: str,
-              negative: str, options, started: datetime) -> list[Path]:
-        directory = self.output_dir(options.outdir_txt2img_samples, options)
+    @staticmethod
+    def _save(output: GenerationOutput, request: GenerationRequest, loaded: LoadedCheckpoint, prompt: str,
+              negative: str, options, started: datetime, directory: Path) -> list[Path]:
         paths = []
         for index, (image, infotext, seed) in enumerate(zip(output.images, output.infotexts, output.seeds)):
             tags = FilenameTags(
                 seed=seed, prompt=prompt, prompt_no_styles=request.prompt, negative_prompt=negative,
                 model_name=loaded.info.model_name, model_hash=loaded.info.shorthash or "",
                 sampler=request.sampler_name, scheduler=request.scheduler, steps=request.steps,
-                cfg=request.cfg_scale, width=request.width, height=request.height, job_timestamp=started,
+                cfg=request.cfg_scale, width=image.width, height=image.height, job_timestamp=started,
                 batch_number=index % request.batch_size, styles=list(request.styles),
             )
             paths.append(save_image(image, directory, infotext=infotext, fmt=options.samples_format,
@@ -97,7 +108,7 @@ class GenerationService:
         return paths
 
     @staticmethod
-    def _info(output: Txt2ImgOutput, request: Txt2ImgRequest, loaded: LoadedCheckpoint, prompt: str,
+    def _info(output: GenerationOutput, request: GenerationRequest, loaded: LoadedCheckpoint, prompt: str,
               negative: str, started: datetime) -> dict[str, Any]:
         count = len(output.images)
         first = output.params[0] if output.params else {}
@@ -129,7 +140,7 @@ class GenerationService:
             "sd_vae_hash": None,
             "seed_resize_from_w": -1,
             "seed_resize_from_h": -1,
-            "denoising_strength": request.hires.denoising_strength if request.hires.enabled else None,
+            "denoising_strength": _denoising_strength(request),
             "extra_generation_params": extra,
             "index_of_first_image": 0,
             "infotexts": list(output.infotexts),
@@ -139,3 +150,11 @@ class GenerationService:
             "is_using_inpainting_conditioning": loaded.variant.inpainting,
             "version": VERSION,
         }
+
+
+def _denoising_strength(request: GenerationRequest) -> float | None:
+    if isinstance(request, Img2ImgRequest):
+        return request.denoising_strength
+    if isinstance(request, Txt2ImgRequest) and request.hires.enabled:
+        return request.hires.denoising_strength
+    return None

@@ -1,0 +1,82 @@
+"""Infotext -> UI fields: PNG Info's "Send to" and the paste button fill every field the text names."""
+from __future__ import annotations
+
+import gradio as gr
+import torch
+
+from backend.devices import DeviceSettings
+from backend.generation.img2img import run_img2img
+from backend.generation.job import JobControl
+from backend.generation.request import Img2ImgRequest
+from ui import paste_fields as pf
+from tests.test_img2img import centre_mask, picture
+
+CPU = DeviceSettings(device=torch.device("cpu"), dtype=torch.float32)
+
+
+def targets():
+    with gr.Blocks():
+        common = [gr.Textbox(), gr.Textbox(), gr.Dropdown(), gr.Dropdown(), gr.Slider(), gr.Slider(), gr.Number(),
+                  gr.Slider(), gr.Slider(), gr.Slider()]
+        hires = [gr.Checkbox(), gr.Dropdown(), gr.Slider(), gr.Slider(), gr.Slider(), gr.Slider(), gr.Slider()]
+        img2img = [gr.Slider(), gr.Radio(), gr.Slider(), gr.Radio(), gr.Radio(), gr.Radio(), gr.Slider()]
+    return pf.common_readers(*common), pf.hires_readers(*hires), pf.img2img_readers(*img2img)
+
+
+COMMON = ["prompt", "negative", "sampler", "schedule", "steps", "cfg", "seed", "width", "height", "clip_skip"]
+HIRES = ["enabled", "upscaler", "steps", "denoise", "scale", "resize_x", "resize_y"]
+IMG2IMG = ["denoise", "resize_mode", "mask_blur", "mask_mode", "masked_content", "inpaint_area", "padding"]
+
+
+def named(names, values) -> dict:
+    return {n: v for n, v in zip(names, values) if not isinstance(v, dict)}  # gr.skip() is a dict update
+
+
+def test_img2img_infotext_round_trips_into_every_field(checkpoint_dir):
+    from backend.models.manager import ModelManager
+
+    loaded = ModelManager([checkpoint_dir], CPU).load("sd1.safetensors")
+    request = Img2ImgRequest(prompt="a cat, (detailed:1.2)", negative_prompt="blurry, low quality",
+                             init_images=[picture((96, 80))], mask=centre_mask((96, 80)), width=72, height=64,
+                             steps=3, cfg_scale=6.5, seed=1234, sampler_name="DPM++ 2M", scheduler="Karras",
+                             clip_skip=2, denoising_strength=0.45, resize_mode="Crop and resize", mask_blur=9,
+                             inpainting_fill="latent noise", inpaint_full_res=True, inpaint_full_res_padding=40,
+                             inpainting_mask_invert=True)
+    out = run_img2img(loaded, request, JobControl(), device_settings=CPU, prompt=request.prompt,
+                      negative_prompt=request.negative_prompt)
+    common, _, img2img = targets()
+    fields = named(COMMON, pf.paste_values(out.infotexts[0], common))
+    assert fields == {"prompt": request.prompt, "negative": request.negative_prompt, "sampler": "DPM++ 2M",
+                      "schedule": "Karras", "steps": 3, "cfg": 6.5, "seed": 1234, "width": 72, "height": 64,
+                      "clip_skip": 2}
+    fields = named(IMG2IMG, pf.paste_values(out.infotexts[0], img2img))
+    assert fields == {"denoise": 0.45, "resize_mode": "Crop and resize", "mask_blur": 9,
+                      "mask_mode": "Inpaint not masked", "masked_content": "latent noise",
+                      "inpaint_area": "Only masked", "padding": 40}
+
+
+def test_a1111_text_with_old_sampler_names_and_missing_keys_gets_a1111_defaults():
+    text = "castle\nSteps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 9, Size: 512x768, Model: x"
+    common, hires, img2img = targets()
+    fields = named(COMMON, pf.paste_values(text, common))
+    assert (fields["sampler"], fields["schedule"], fields["clip_skip"]) == ("DPM++ 2M", "Karras", 1)
+    assert fields["negative"] == "" and (fields["width"], fields["height"]) == (512, 768)
+    assert named(HIRES, pf.paste_values(text, hires))["enabled"] is False
+    defaults = named(IMG2IMG, pf.paste_values(text, img2img))
+    assert defaults["mask_mode"] == "Inpaint masked" and defaults["masked_content"] == "original"
+    assert defaults["inpaint_area"] == "Whole picture" and defaults["padding"] == 32
+    assert "denoise" not in defaults  # not named: the field keeps its value
+
+
+def test_hires_text_enables_hires_fix():
+    text = ("x\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 256x256, Denoising strength: 0.55, "
+            "Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent (bicubic)")
+    _, hires, _ = targets()
+    fields = named(HIRES, pf.paste_values(text, hires))
+    assert fields == {"enabled": True, "upscaler": "Latent (bicubic)", "steps": 10, "denoise": 0.55, "scale": 2.0,
+                      "resize_x": 0, "resize_y": 0}
+
+
+def test_empty_text_changes_nothing():
+    common, _, _ = targets()
+    assert all(isinstance(v, dict) for v in pf.paste_values("", common))
