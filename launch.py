@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-half", action="store_true", help="run in fp32 even on a GPU")
     p.add_argument("--medvram", action="store_true", help="keep only the active model part on the GPU")
     p.add_argument("--lowvram", action="store_true", help="stream weights to the GPU layer by layer (slow)")
+    p.add_argument("--hide-ui-dir-config", action="store_true",
+                   help="hide fields that read folders on this machine (always hidden with --share/--listen)")
     p.add_argument("--gradio-auth", default=None, help="user:password[,user2:password2] for the UI")
     p.add_argument("--tls-keyfile", default=None)
     p.add_argument("--tls-certfile", default=None)

@@ -8,7 +8,9 @@ import gradio as gr
 
 from backend.app_context import AppContext
 from ui.errors import user_message
+from ui.img2img import build_img2img_tab
 from ui.png_info import build_png_info_tab
+from ui.send_to import wire_send_to
 from ui.session_jobs import SessionJobs
 from ui.settings_tab import build_settings_tab
 from ui.txt2img import build_txt2img_tab
@@ -64,7 +66,8 @@ def status_line(ctx: AppContext) -> str:
     return "\n\n".join(lines)
 
 
-def build_ui(ctx: AppContext) -> gr.Blocks:
+def build_ui(ctx: AppContext, allow_folders: bool = True) -> gr.Blocks:
+    """The whole page. `allow_folders`: offer img2img's folder batch (off when the UI is exposed)."""
     jobs = SessionJobs()
     with gr.Blocks(title="Stable Diffusion Studio", analytics_enabled=False) as demo:
         with gr.Row(elem_id="quicksettings"):
@@ -74,19 +77,21 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             refresh = gr.Button("🔄", elem_id="refresh_checkpoints", scale=0, min_width=48)
         status = gr.Markdown(status_line(ctx), elem_id="checkpoint_status")
 
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as main_tabs:
             with gr.Tab("txt2img", id="txt2img"):
                 txt2img = build_txt2img_tab(ctx, jobs, checkpoint)
             with gr.Tab("img2img", id="img2img"):
-                gr.Markdown("img2img, sketch, inpaint and outpaint arrive with the next milestone.")
+                img2img = build_img2img_tab(ctx, jobs, checkpoint, allow_folders)
             with gr.Tab("Extras", id="extras"):
                 gr.Markdown("Upscalers and face restoration arrive with a later milestone.")
             with gr.Tab("PNG Info", id="pnginfo"):
-                build_png_info_tab()
+                png_info = build_png_info_tab()
             with gr.Tab("Settings", id="settings"):
                 build_settings_tab(ctx)
             with gr.Tab("Extensions", id="extensions"):
                 gr.Markdown("Extensions arrive with a later milestone.")
+
+        wire_send_to(main_tabs, txt2img, img2img, png_info)
 
         def do_refresh(current):
             ctx.manager.refresh()
@@ -96,25 +101,28 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         def pick(title):
             if not title:
-                return gr.skip(), status_line(ctx), gr.skip(), gr.skip()
+                return gr.skip(), status_line(ctx), *[gr.skip()] * 4
             try:
                 with ctx.manager.device_lock:
                     loaded = ctx.manager.load(title)
                 ctx.options.update(sd_model_checkpoint=loaded.info.title)
             except Exception as exc:  # the old model keeps serving; put the picker back
                 gr.Warning(user_message(exc))
-                return gr.update(value=selected_checkpoint(ctx)), status_line(ctx), gr.skip(), gr.skip()
+                return gr.update(value=selected_checkpoint(ctx)), status_line(ctx), *[gr.skip()] * 4
             # Loading computes the hash, which changes the title: refresh the choices.
             size = loaded.variant.native_size
             return (gr.update(choices=checkpoint_choices(ctx), value=loaded.info.title), status_line(ctx),
-                    size, size)
+                    size, size, size, size)
 
         # Settings apply without a restart: each page load reads the current default sampler.
         def on_page_load():
             size = native_size(ctx, selected_checkpoint(ctx))
-            return ctx.options.options.default_sampler, size, size
+            sampler = ctx.options.options.default_sampler
+            return sampler, size, size, sampler, size, size
 
-        demo.load(on_page_load, outputs=[txt2img.sampler, txt2img.width, txt2img.height], queue=False)
+        sizes = [txt2img.width, txt2img.height, img2img.width, img2img.height]
+        demo.load(on_page_load, outputs=[txt2img.sampler, txt2img.width, txt2img.height,
+                                         img2img.sampler, img2img.width, img2img.height], queue=False)
         refresh.click(do_refresh, inputs=checkpoint, outputs=[checkpoint, status], queue=False)
-        checkpoint.input(pick, inputs=checkpoint, outputs=[checkpoint, status, txt2img.width, txt2img.height])
+        checkpoint.input(pick, inputs=checkpoint, outputs=[checkpoint, status, *sizes])
     return demo

@@ -2,17 +2,33 @@
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 
 import gradio as gr
 
 from backend.images.infotext import parse_infotext, read_infotext
 
 
-def build_png_info_tab() -> None:
+@dataclass
+class PngInfoTab:
+    image: gr.Image
+    text: gr.Textbox
+    send_txt2img: gr.Button
+    send_img2img: gr.Button
+    send_inpaint: gr.Button
+
+
+def build_png_info_tab() -> PngInfoTab:
     with gr.Row():
-        image = gr.Image(label="Source", type="pil", sources=["upload", "clipboard"], elem_id="pnginfo_image")
+        # image_mode None and PNG: the picture reaches us with its metadata as stored.
+        image = gr.Image(label="Source", type="pil", image_mode=None, format="png",
+                         sources=["upload", "clipboard"], elem_id="pnginfo_image")
         with gr.Column():
             text = gr.Textbox(label="Parameters", lines=8, elem_id="pnginfo_parameters")
+            with gr.Row():
+                send_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img", size="sm")
+                send_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_img2img", size="sm")
+                send_inpaint = gr.Button("Send to inpaint", elem_id="pnginfo_send_inpaint", size="sm")
             fields = gr.HTML(elem_id="pnginfo_fields")
 
     def read(img):
@@ -26,3 +42,5 @@ def build_png_info_tab() -> None:
         return raw, f"<table>{rows}</table>"
 
     image.change(read, inputs=image, outputs=[text, fields])
+    return PngInfoTab(image=image, text=text, send_txt2img=send_txt2img, send_img2img=send_img2img,
+                      send_inpaint=send_inpaint)

@@ -41,7 +41,9 @@ def serve_studio(args: argparse.Namespace) -> None:
 
     from ui.app import CSS, build_ui
 
-    demo = build_ui(ctx)
+    # A folder path typed into the page is read on this machine: not for visitors of a shared link.
+    exposed = args.share or args.listen
+    demo = build_ui(ctx, allow_folders=not (exposed or args.hide_ui_dir_config))
     demo.queue(default_concurrency_limit=None)
     app, local_url, share_url = demo.launch(
         server_name=host, server_port=args.port, share=args.share, prevent_thread_lock=True,

@@ -1,0 +1,125 @@
+"""Infotext -> tab fields: what PNG Info's "Send to" buttons and the paste button fill.
+
+Each tab lists (component, reader) pairs; a reader takes the parsed infotext
+and returns the value for its component, or SKIP to leave the field alone.
+Keys an infotext leaves out get A1111's defaults where A1111 gives them one
+(Clip skip 1, Schedule type Automatic, Mask mode "Inpaint masked"...), so a
+pasted picture is reproduced rather than mixed with the previous settings.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from backend.generation.request import MASKED_CONTENT
+from backend.generation.samplers import (
+    SCHEDULE_TYPES,
+    resolve_sampler_name,
+    resolve_schedule_type,
+    split_legacy_sampler_name,
+)
+from backend.images.infotext import parse_infotext
+from backend.images.resize import RESIZE_MODES
+
+SKIP = object()
+Reader = Callable[[dict[str, str]], Any]
+PasteTarget = list[tuple[gr.components.Component, Reader]]
+
+_HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize-1", "Hires steps")
+
+
+def _number(key: str, kind: type = int, default: Any = SKIP) -> Reader:
+    def read(params: dict[str, str]) -> Any:
+        if key not in params:
+            return default
+        try:
+            return kind(float(params[key])) if kind is int else kind(params[key])
+        except ValueError:
+            return SKIP
+    return read
+
+
+def _text(key: str, default: Any = SKIP) -> Reader:
+    return lambda params: params.get(key, default)
+
+
+def _sampler(params: dict[str, str]) -> Any:
+    if "Sampler" not in params:
+        return SKIP
+    try:
+        return resolve_sampler_name(params["Sampler"])
+    except ValueError:
+        return SKIP
+
+
+def _schedule(params: dict[str, str]) -> Any:
+    if "Schedule type" in params:
+        try:
+            return resolve_schedule_type(params["Schedule type"])
+        except ValueError:
+            return SKIP
+    _, legacy = split_legacy_sampler_name(params.get("Sampler", ""))
+    return legacy or SCHEDULE_TYPES[0]
+
+
+def _choice(key: str, choices: tuple[str, ...], default: str) -> Reader:
+    return lambda params: params.get(key, default) if params.get(key, default) in choices else SKIP
+
+
+def common_readers(prompt, negative, sampler, schedule, steps, cfg, seed, width, height, clip_skip) -> PasteTarget:
+    return [
+        (prompt, _text("Prompt")),
+        (negative, _text("Negative prompt", "")),
+        (sampler, _sampler),
+        (schedule, _schedule),
+        (steps, _number("Steps")),
+        (cfg, _number("CFG scale", float)),
+        (seed, _number("Seed")),
+        (width, _number("Size-1")),
+        (height, _number("Size-2")),
+        (clip_skip, _number("Clip skip", int, 1)),
+    ]
+
+
+def hires_readers(enabled, upscaler, steps, denoise, scale, resize_x, resize_y) -> PasteTarget:
+    return [
+        (enabled, lambda params: any(k in params for k in _HIRES_KEYS)),
+        (upscaler, _text("Hires upscaler")),
+        (steps, _number("Hires steps", int, 0)),
+        (denoise, lambda params: _number("Denoising strength", float)(params)
+         if any(k in params for k in _HIRES_KEYS) else SKIP),
+        (scale, _number("Hires upscale", float)),
+        (resize_x, _number("Hires resize-1", int, 0)),
+        (resize_y, _number("Hires resize-2", int, 0)),
+    ]
+
+
+def img2img_readers(denoise, resize_mode, mask_blur, mask_mode, masked_content, inpaint_area,
+                    padding) -> PasteTarget:
+    return [
+        (denoise, _number("Denoising strength", float)),
+        (resize_mode, _choice("Resize mode", RESIZE_MODES, "Just resize")),
+        (mask_blur, _number("Mask blur", int)),
+        (mask_mode, _choice("Mask mode", ("Inpaint masked", "Inpaint not masked"), "Inpaint masked")),
+        (masked_content, _choice("Masked content", MASKED_CONTENT, "original")),
+        (inpaint_area, _choice("Inpaint area", ("Whole picture", "Only masked"), "Whole picture")),
+        (padding, _number("Masked area padding", int, 32)),
+    ]
+
+
+def paste_values(text: str | None, target: PasteTarget) -> list[Any]:
+    """One value per target component: the infotext's, or gr.skip() to keep the field."""
+    if not text or not text.strip():
+        return [gr.skip()] * len(target)
+    params = parse_infotext(text)
+    values = []
+    for _, read in target:
+        value = read(params)
+        values.append(gr.skip() if value is SKIP else value)
+    return values
+
+
+def components(target: PasteTarget) -> list:
+    return [component for component, _ in target]
