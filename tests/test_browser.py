@@ -46,6 +46,18 @@ def running_studio(tmp_path, checkpoint_dir):
     models = tmp_path / "Stable-diffusion"
     models.mkdir()
     shutil.copy(checkpoint_dir / "sd1.safetensors", models / "tiny-sd1.safetensors")
+    yield from _launch(tmp_path, models)
+
+
+@pytest.fixture
+def first_launch_studio(tmp_path):
+    """A fresh install: models/Stable-diffusion is empty."""
+    models = tmp_path / "Stable-diffusion"
+    models.mkdir()
+    yield from _launch(tmp_path, models)
+
+
+def _launch(tmp_path: Path, models: Path):
     port = _free_port()
     log = tmp_path / "launch.log"
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
@@ -105,3 +117,82 @@ def test_type_prompt_generate_and_see_the_image(running_studio):
             browser.close()
     saved = sorted((data_dir / "outputs" / "txt2img-images").rglob("*.png"))
     assert [p.name for p in saved] == ["00000-1234.png", "00001-77.png"]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (launch.py --test installs it)")
+def test_first_launch_uses_the_demo_model_at_its_own_size(first_launch_studio):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, data_dir = first_launch_studio
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, wait_until="domcontentloaded")
+            expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value("studio-demo.safetensors",
+                                                                                     timeout=60_000)
+            expect(page.locator("#checkpoint_status")).to_contain_text("demo model")
+            expect(page.locator("#txt2img_width input[type=number]")).to_have_value("128")
+            expect(page.locator("#txt2img_height input[type=number]")).to_have_value("128")
+            page.locator("#txt2img_prompt textarea").fill("a large red circle in the centre on a blue background")
+            page.locator("#txt2img_seed input").fill("5")
+            page.locator("#txt2img_generate").click()
+            expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=120_000)
+            expect(page.locator("#txt2img_info")).to_contain_text("Size: 128x128", timeout=30_000)
+        finally:
+            browser.close()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (launch.py --test installs it)")
+def test_send_to_inpaint_draw_a_mask_and_inpaint(running_studio):
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import expect, sync_playwright
+
+    url, data_dir = running_studio
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, wait_until="domcontentloaded")
+            expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value("tiny-sd1.safetensors",
+                                                                                     timeout=60_000)
+            page.locator("#txt2img_prompt textarea").fill("a red circle")
+            page.locator("#txt2img_steps input[type=number]").fill("3")
+            page.locator("#txt2img_width input[type=number]").fill("128")
+            page.locator("#txt2img_height input[type=number]").fill("128")
+            page.locator("#txt2img_seed input").fill("4321")
+            page.locator("#txt2img_generate").click()
+            expect(page.locator("#txt2img_info")).to_contain_text("Seed: 4321", timeout=120_000)
+
+            # Send to inpaint: the picture and its parameters arrive in the img2img tab.
+            page.locator("#txt2img_send_to_inpaint").click()
+            expect(page.locator("#img2img_prompt textarea")).to_have_value("a red circle", timeout=30_000)
+            expect(page.locator("#img2img_seed input")).to_have_value("4321")
+            canvas = page.locator("#img2img_inpaint canvas").first
+            expect(canvas).to_be_visible(timeout=30_000)
+            page.wait_for_timeout(1500)  # the editor lays out its layers after the picture loads
+            page.locator("#img2img_inpaint button[aria-label=Brush]").click()
+            box = canvas.bounding_box()
+            # The picture sits in the middle of the editor: paint a stroke in its top-left quarter.
+            cx, cy, side = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["height"]
+            page.mouse.move(cx - 0.3 * side, cy - 0.2 * side)
+            page.mouse.down()
+            for step in range(1, 11):
+                page.mouse.move(cx - 0.3 * side + 0.02 * side * step, cy - 0.2 * side, steps=2)
+            page.mouse.up()
+            page.locator("#img2img_mask_blur input[type=number]").fill("0")
+            page.locator("#img2img_denoising_strength input[type=number]").fill("0.9")
+            page.locator("#img2img_generate").click()
+            expect(page.locator("#img2img_info")).to_contain_text("Mask blur: 0", timeout=120_000)
+            expect(page.locator("#img2img_info")).to_contain_text("Seed: 4321")
+        finally:
+            browser.close()
+    [source] = sorted((data_dir / "outputs" / "txt2img-images").rglob("*.png"))
+    [result] = sorted((data_dir / "outputs" / "img2img-images").rglob("*.png"))
+    before = np.asarray(Image.open(source).convert("RGB"), dtype=np.int16)
+    after = np.asarray(Image.open(result).convert("RGB"), dtype=np.int16)
+    assert after.shape == before.shape == (128, 128, 3)
+    changed = np.abs(after - before).max(axis=2) > 0
+    assert changed[:64, :64].mean() > 0.02  # the painted stroke was inpainted...
+    assert not changed[80:, :].any() and not changed[:, 96:].any()  # ...and the rest kept, pixel for pixel
