@@ -17,13 +17,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image, ImageOps
 
 from backend.generation.job import JobControl
 from backend.generation.request import Img2ImgRequest
-from backend.generation.samplers import make_scheduler
-from backend.generation.sampling import GenerationOutput, SamplingRun, derive_pipeline, inpaint_class, run_batches
+from backend.generation.sampling import (
+    GenerationOutput,
+    SamplingRun,
+    check_can_sample,
+    derive_pipeline,
+    inpaint_class,
+    run_batches,
+)
 from backend.generation.vae_codec import encode_pixels, images_to_pixels
 from backend.images import masking
 from backend.images.loading import to_mask
@@ -223,11 +228,6 @@ def run_img2img(loaded: LoadedCheckpoint, request: Img2ImgRequest, job: JobContr
     `prompt`/`negative_prompt` are the final texts (styles already applied).
     The caller calls `job.finish()`.
     """
-    if not isinstance(loaded.pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
-        raise ValueError(f"{loaded.info.name} ({loaded.variant.label}) cannot do img2img here")
-    if loaded.pipe.unet.config.in_channels not in (4, 9):
-        raise ValueError(f"{loaded.info.name}: a UNet with {loaded.pipe.unet.config.in_channels} input channels "
-                         "cannot do img2img")
-    make_scheduler(request.sampler_name, request.scheduler, loaded.pipe.scheduler.config)  # fail before starting
+    check_can_sample(loaded, request, "img2img")
     run = _Img2ImgRun(loaded, request, job, device_settings, prompt, negative_prompt)
     return run_batches(run, job)

@@ -21,6 +21,7 @@ import torch
 from diffusers import (
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
@@ -202,6 +203,16 @@ class SamplingRun:
         params.update(extra)
         params["Version"] = VERSION
         return params
+
+
+def check_can_sample(loaded: LoadedCheckpoint, request: GenerationRequest, task: str) -> None:
+    """Refuse, before any work, a model or sampler this runner cannot use."""
+    if not isinstance(loaded.pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
+        raise ValueError(f"{loaded.info.name} ({loaded.variant.label}) cannot do {task}")
+    channels = loaded.pipe.unet.config.in_channels
+    if channels not in (4, 9):
+        raise ValueError(f"{loaded.info.name}: a UNet with {channels} input channels cannot do {task}")
+    make_scheduler(request.sampler_name, request.scheduler, loaded.pipe.scheduler.config)
 
 
 def run_batches(run: SamplingRun, job: JobControl) -> GenerationOutput:

@@ -7,16 +7,15 @@ the optional "Hires. fix" second pass.
 from __future__ import annotations
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 from backend.generation import hires as hr
 from backend.generation.job import JobControl
 from backend.generation.request import Txt2ImgRequest
-from backend.generation.samplers import make_scheduler
 from backend.generation.sampling import (
     GenerationOutput,
     SamplingRun,
+    check_can_sample,
     derive_pipeline,
     img2img_class,
     inpaint_class,
@@ -112,12 +111,7 @@ def run_txt2img(loaded: LoadedCheckpoint, request: Txt2ImgRequest, job: JobContr
     `prompt`/`negative_prompt` are the final texts (styles already applied).
     The caller calls `job.finish()`.
     """
-    if not isinstance(loaded.pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
-        raise ValueError(f"{loaded.info.name} ({loaded.variant.label}) cannot do text-to-image; use img2img")
-    if loaded.pipe.unet.config.in_channels not in (4, 9):
-        raise ValueError(f"{loaded.info.name}: a UNet with {loaded.pipe.unet.config.in_channels} input channels "
-                         "cannot do text-to-image")
-    make_scheduler(request.sampler_name, request.scheduler, loaded.pipe.scheduler.config)  # fail before starting
+    check_can_sample(loaded, request, "text-to-image")
 
     run = _Txt2ImgRun(loaded, request, job, device_settings, prompt, negative_prompt)
     return run_batches(run, job)

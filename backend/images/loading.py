@@ -98,14 +98,20 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(array / high * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
 
 
-def to_rgb(image: Image.Image, what: str = "the image") -> Image.Image:
-    """An RGB copy: upright, first frame, alpha flattened onto white, any bit depth."""
+def _upright_8bit(image: Image.Image, what: str) -> Image.Image:
+    """First frame, EXIF rotation applied, 16-bit/float greyscale brought to 8 bits."""
     _check_pixels(image.width, image.height, what)
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         image = _to_8bit(image)
+    return image
+
+
+def to_rgb(image: Image.Image, what: str = "the image") -> Image.Image:
+    """An RGB copy: upright, first frame, alpha flattened onto white, any bit depth."""
+    image = _upright_8bit(image, what)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -123,12 +129,7 @@ def to_mask(image: Image.Image, size: tuple[int, int] | None = None) -> Image.Im
     so its alpha is the mask; an uploaded black/white mask has no alpha.
     A mask of another size is stretched to `size`, as A1111 does.
     """
-    _check_pixels(image.width, image.height, "the mask")
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        image = _to_8bit(image)
+    image = _upright_8bit(image, "the mask")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA") and image.getchannel("A").getextrema() != (255, 255):
