@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -77,117 +78,107 @@ def _launch(tmp_path: Path, models: Path):
             process.kill()
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (launch.py --test installs it)")
-def test_type_prompt_generate_and_see_the_image(running_studio):
+@contextmanager
+def _studio_page(url: str, checkpoint: str):
+    """Headless Chromium on the studio's page, once the checkpoint picker shows `checkpoint`."""
     from playwright.sync_api import expect, sync_playwright
 
-    url, data_dir = running_studio
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url, wait_until="domcontentloaded")
-            # The layout A1111 users know: checkpoint picker on top, then the tabs.
-            expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value("tiny-sd1.safetensors",
-                                                                                     timeout=60_000)
-            for tab in ("txt2img", "img2img", "Extras", "PNG Info", "Settings", "Extensions"):
-                expect(page.get_by_role("tab", name=tab)).to_be_visible()
-            page.locator("#txt2img_prompt textarea").fill("a red circle on a blue background")
-            page.locator("#txt2img_steps input[type=number]").fill("3")
-            page.locator("#txt2img_width input[type=number]").fill("128")
-            page.locator("#txt2img_height input[type=number]").fill("128")
-            page.locator("#txt2img_seed input").fill("1234")
-            page.locator("#txt2img_generate").click()
-            image = page.locator("#txt2img_gallery img").first
-            expect(image).to_be_visible(timeout=120_000)
-            expect(page.locator("#txt2img_info")).to_contain_text("Seed: 1234", timeout=30_000)
-            page.screenshot(path=str(data_dir / "txt2img.png"))
-
-            # A long job shows progress and stops on Interrupt; the page stays usable.
-            page.locator("#txt2img_steps input[type=number]").fill("150")
-            page.locator("#txt2img_width input[type=number]").fill("512")
-            page.locator("#txt2img_height input[type=number]").fill("512")
-            page.locator("#txt2img_seed input").fill("77")
-            page.locator("#txt2img_generate").click()
-            expect(page.locator("#txt2img_progress")).to_contain_text("step", timeout=60_000)
-            page.locator("#txt2img_interrupt").click()
-            expect(page.locator("#txt2img_info")).to_contain_text("Interrupted", timeout=60_000)
-            expect(page.locator("#txt2img_info")).to_contain_text("Seed: 77")
+            expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value(checkpoint, timeout=60_000)
+            yield page
         finally:
             browser.close()
+
+
+def _fill_txt2img(page, prompt: str, seed: int, steps: int | None = None, size: int | None = None) -> None:
+    page.locator("#txt2img_prompt textarea").fill(prompt)
+    if steps is not None:
+        page.locator("#txt2img_steps input[type=number]").fill(str(steps))
+    if size is not None:
+        page.locator("#txt2img_width input[type=number]").fill(str(size))
+        page.locator("#txt2img_height input[type=number]").fill(str(size))
+    page.locator("#txt2img_seed input").fill(str(seed))
+    page.locator("#txt2img_generate").click()
+
+
+NEEDS_CHROMIUM = pytest.mark.skipif(not CHROMIUM.exists(),
+                                    reason="Debian's chromium is not installed (launch.py --test installs it)")
+
+
+@NEEDS_CHROMIUM
+def test_type_prompt_generate_and_see_the_image(running_studio):
+    from playwright.sync_api import expect
+
+    url, data_dir = running_studio
+    # The layout A1111 users know: checkpoint picker on top, then the tabs.
+    with _studio_page(url, "tiny-sd1.safetensors") as page:
+        for tab in ("txt2img", "img2img", "Extras", "PNG Info", "Settings", "Extensions"):
+            expect(page.get_by_role("tab", name=tab)).to_be_visible()
+        _fill_txt2img(page, "a red circle on a blue background", seed=1234, steps=3, size=128)
+        expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=120_000)
+        expect(page.locator("#txt2img_info")).to_contain_text("Seed: 1234", timeout=30_000)
+        page.screenshot(path=str(data_dir / "txt2img.png"))
+
+        # A long job shows progress and stops on Interrupt; the page stays usable.
+        _fill_txt2img(page, "a red circle on a blue background", seed=77, steps=150, size=512)
+        expect(page.locator("#txt2img_progress")).to_contain_text("step", timeout=60_000)
+        page.locator("#txt2img_interrupt").click()
+        expect(page.locator("#txt2img_info")).to_contain_text("Interrupted", timeout=60_000)
+        expect(page.locator("#txt2img_info")).to_contain_text("Seed: 77")
     saved = sorted((data_dir / "outputs" / "txt2img-images").rglob("*.png"))
     assert [p.name for p in saved] == ["00000-1234.png", "00001-77.png"]
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (launch.py --test installs it)")
+@NEEDS_CHROMIUM
 def test_first_launch_uses_the_demo_model_at_its_own_size(first_launch_studio):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    url, data_dir = first_launch_studio
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url, wait_until="domcontentloaded")
-            expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value("studio-demo.safetensors",
-                                                                                     timeout=60_000)
-            expect(page.locator("#checkpoint_status")).to_contain_text("demo model")
-            expect(page.locator("#txt2img_width input[type=number]")).to_have_value("128")
-            expect(page.locator("#txt2img_height input[type=number]")).to_have_value("128")
-            page.locator("#txt2img_prompt textarea").fill("a large red circle in the centre on a blue background")
-            page.locator("#txt2img_seed input").fill("5")
-            page.locator("#txt2img_generate").click()
-            expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=120_000)
-            expect(page.locator("#txt2img_info")).to_contain_text("Size: 128x128", timeout=30_000)
-        finally:
-            browser.close()
+    url, _ = first_launch_studio
+    with _studio_page(url, "studio-demo.safetensors") as page:
+        expect(page.locator("#checkpoint_status")).to_contain_text("demo model")
+        expect(page.locator("#txt2img_width input[type=number]")).to_have_value("128")
+        expect(page.locator("#txt2img_height input[type=number]")).to_have_value("128")
+        _fill_txt2img(page, "a large red circle in the centre on a blue background", seed=5)
+        expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=120_000)
+        expect(page.locator("#txt2img_info")).to_contain_text("Size: 128x128", timeout=30_000)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (launch.py --test installs it)")
+@NEEDS_CHROMIUM
 def test_send_to_inpaint_draw_a_mask_and_inpaint(running_studio):
     import numpy as np
     from PIL import Image
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, data_dir = running_studio
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url, wait_until="domcontentloaded")
-            expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value("tiny-sd1.safetensors",
-                                                                                     timeout=60_000)
-            page.locator("#txt2img_prompt textarea").fill("a red circle")
-            page.locator("#txt2img_steps input[type=number]").fill("3")
-            page.locator("#txt2img_width input[type=number]").fill("128")
-            page.locator("#txt2img_height input[type=number]").fill("128")
-            page.locator("#txt2img_seed input").fill("4321")
-            page.locator("#txt2img_generate").click()
-            expect(page.locator("#txt2img_info")).to_contain_text("Seed: 4321", timeout=120_000)
+    with _studio_page(url, "tiny-sd1.safetensors") as page:
+        _fill_txt2img(page, "a red circle", seed=4321, steps=3, size=128)
+        expect(page.locator("#txt2img_info")).to_contain_text("Seed: 4321", timeout=120_000)
 
-            # Send to inpaint: the picture and its parameters arrive in the img2img tab.
-            page.locator("#txt2img_send_to_inpaint").click()
-            expect(page.locator("#img2img_prompt textarea")).to_have_value("a red circle", timeout=30_000)
-            expect(page.locator("#img2img_seed input")).to_have_value("4321")
-            canvas = page.locator("#img2img_inpaint canvas").first
-            expect(canvas).to_be_visible(timeout=30_000)
-            page.wait_for_timeout(1500)  # the editor lays out its layers after the picture loads
-            page.locator("#img2img_inpaint button[aria-label=Brush]").click()
-            box = canvas.bounding_box()
-            # The picture sits in the middle of the editor: paint a stroke in its top-left quarter.
-            cx, cy, side = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["height"]
-            page.mouse.move(cx - 0.3 * side, cy - 0.2 * side)
-            page.mouse.down()
-            for step in range(1, 11):
-                page.mouse.move(cx - 0.3 * side + 0.02 * side * step, cy - 0.2 * side, steps=2)
-            page.mouse.up()
-            page.locator("#img2img_mask_blur input[type=number]").fill("0")
-            page.locator("#img2img_denoising_strength input[type=number]").fill("0.9")
-            page.locator("#img2img_generate").click()
-            expect(page.locator("#img2img_info")).to_contain_text("Mask blur: 0", timeout=120_000)
-            expect(page.locator("#img2img_info")).to_contain_text("Seed: 4321")
-        finally:
-            browser.close()
+        # Send to inpaint: the picture and its parameters arrive in the img2img tab.
+        page.locator("#txt2img_send_to_inpaint").click()
+        expect(page.locator("#img2img_prompt textarea")).to_have_value("a red circle", timeout=30_000)
+        expect(page.locator("#img2img_seed input")).to_have_value("4321")
+        canvas = page.locator("#img2img_inpaint canvas").first
+        expect(canvas).to_be_visible(timeout=30_000)
+        page.wait_for_timeout(1500)  # the editor lays out its layers after the picture loads
+        page.locator("#img2img_inpaint button[aria-label=Brush]").click()
+        box = canvas.bounding_box()
+        # The picture sits in the middle of the editor: paint a stroke in its top-left quarter.
+        cx, cy, side = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["height"]
+        page.mouse.move(cx - 0.3 * side, cy - 0.2 * side)
+        page.mouse.down()
+        for step in range(1, 11):
+            page.mouse.move(cx - 0.3 * side + 0.02 * side * step, cy - 0.2 * side, steps=2)
+        page.mouse.up()
+        page.locator("#img2img_mask_blur input[type=number]").fill("0")
+        page.locator("#img2img_denoising_strength input[type=number]").fill("0.9")
+        page.locator("#img2img_generate").click()
+        expect(page.locator("#img2img_info")).to_contain_text("Mask blur: 0", timeout=120_000)
+        expect(page.locator("#img2img_info")).to_contain_text("Seed: 4321")
     [source] = sorted((data_dir / "outputs" / "txt2img-images").rglob("*.png"))
     [result] = sorted((data_dir / "outputs" / "img2img-images").rglob("*.png"))
     before = np.asarray(Image.open(source).convert("RGB"), dtype=np.int16)
