@@ -29,6 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt-dir", type=Path, action="append", default=None,
                    help="checkpoint folder (default models/Stable-diffusion); may be given more than once")
     p.add_argument("--ckpt", default=None, help="checkpoint to select at start")
+    p.add_argument("--lora-dir", type=Path, action="append", default=None, help="LoRA folder (default models/Lora)")
+    p.add_argument("--embeddings-dir", type=Path, action="append", default=None,
+                   help="textual-inversion embeddings folder (default models/embeddings)")
+    p.add_argument("--vae-dir", type=Path, action="append", default=None, help="VAE folder (default models/VAE)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: best available)")
     p.add_argument("--no-half", action="store_true", help="run in fp32 even on a GPU")
     p.add_argument("--medvram", action="store_true", help="keep only the active model part on the GPU")

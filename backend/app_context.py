@@ -12,6 +12,7 @@ from backend.devices import DeviceSettings
 from backend.generation.service import GenerationService
 from backend.models.hashing import HashCache
 from backend.models.manager import ModelManager
+from backend.networks.library import NetworkLibrary
 from backend.prompts.styles import StyleStore
 from backend.settings import Options, OptionsStore
 
@@ -23,6 +24,9 @@ DEMO_CHECKPOINT = Path(__file__).parent / "demo_model" / "studio-demo.safetensor
 class AppPaths:
     root: Path  # the studio's folder: config.json, styles.csv and relative output folders live here
     checkpoint_dirs: list[Path] = field(default_factory=list)
+    lora_dirs: list[Path] = field(default_factory=list)  # --lora-dir; models/Lora when empty
+    embedding_dirs: list[Path] = field(default_factory=list)  # --embeddings-dir; models/embeddings when empty
+    vae_dirs: list[Path] = field(default_factory=list)  # --vae-dir; models/VAE when empty
     builtin_checkpoints: list[Path] = field(default_factory=lambda: [DEMO_CHECKPOINT])
 
     @property
@@ -46,6 +50,7 @@ class AppContext:
     manager: ModelManager
     service: GenerationService
     device: DeviceSettings
+    networks: NetworkLibrary
 
 
 def build_app_context(paths: AppPaths, device: DeviceSettings) -> AppContext:
@@ -56,8 +61,12 @@ def build_app_context(paths: AppPaths, device: DeviceSettings) -> AppContext:
     manager = ModelManager(dirs, device, cache_size=options.options.sd_checkpoints_limit,
                            hash_cache=HashCache(paths.cache_file), builtin=paths.builtin_checkpoints)
     options.subscribe(lambda old, new: _apply_options(manager, old, new))
-    service = GenerationService(manager, options, styles, device, root=paths.root)
-    return AppContext(root=paths.root, options=options, styles=styles, manager=manager, service=service, device=device)
+    networks = NetworkLibrary(paths.lora_dirs or [paths.root / "models" / "Lora"],
+                              paths.embedding_dirs or [paths.root / "models" / "embeddings"],
+                              paths.vae_dirs or [paths.root / "models" / "VAE"])
+    service = GenerationService(manager, options, styles, device, root=paths.root, networks=networks)
+    return AppContext(root=paths.root, options=options, styles=styles, manager=manager, service=service, device=device,
+                      networks=networks)
 
 
 def _apply_options(manager: ModelManager, old: Options, new: Options) -> None:

@@ -65,6 +65,10 @@ class Options(BaseModel):
     sd_model_checkpoint: str = Field(
         "", description="Checkpoint loaded at start-up; empty means the first one found."
     )
+    sd_vae: str = Field(
+        "Automatic", description="VAE: Automatic (a .vae file beside the checkpoint, else its own), None (always "
+                                 "its own) or a file from models/VAE.",
+    )
     CLIP_stop_at_last_layers: int = Field(
         1, ge=1, le=12,
         description="Clip skip: stop the text encoder this many layers before the end (1 = use all).",

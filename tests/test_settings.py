@@ -150,12 +150,12 @@ def test_unknown_keys_kept_aside_and_preserved(tmp_path, caplog):
     # Shaped like an A1111 config.json: many keys we do not use.
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"samples_format": "jpg", "grid_format": "png",
-                                "sd_vae": "Automatic"}), encoding="utf-8")
+                                "sd_vae_overrides_per_model_preferences": True}), encoding="utf-8")
     store = OptionsStore(path)
     with caplog.at_level(logging.INFO):
         store.load()
     assert store.options.samples_format == "jpg"
-    assert store.unknown_keys == {"grid_format": "png", "sd_vae": "Automatic"}
+    assert store.unknown_keys == {"grid_format": "png", "sd_vae_overrides_per_model_preferences": True}
     assert "grid_format" in caplog.text
     store.update(jpeg_quality=60)
     saved = json.loads(path.read_text(encoding="utf-8"))

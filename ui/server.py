@@ -20,7 +20,10 @@ def _auth(spec: str | None):
 def serve_studio(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     device = DeviceSettings.from_flags(args.device, args.no_half, args.lowvram, args.medvram)
-    paths = AppPaths(root=args.data_dir.resolve(), checkpoint_dirs=[d.resolve() for d in args.ckpt_dir or []])
+    paths = AppPaths(root=args.data_dir.resolve(), checkpoint_dirs=[d.resolve() for d in args.ckpt_dir or []],
+                     lora_dirs=[d.resolve() for d in args.lora_dir or []],
+                     embedding_dirs=[d.resolve() for d in args.embeddings_dir or []],
+                     vae_dirs=[d.resolve() for d in args.vae_dir or []])
     ctx = build_app_context(paths, device)
     if args.ckpt:
         ctx.options.update(sd_model_checkpoint=ctx.manager.find(args.ckpt).title)

@@ -25,7 +25,6 @@ from backend.generation.sampling import (
     GenerationOutput,
     SamplingRun,
     check_can_sample,
-    derive_pipeline,
     inpaint_class,
     run_batches,
 )
@@ -185,8 +184,7 @@ class _Img2ImgRun(SamplingRun):
         indices = [k % len(self.inputs) for k in range(len(seeds))]
         if self.sampling_steps() < 1:  # strength 0 (or too low for one step): nothing to denoise
             return [self.inputs[i].original.copy() for i in indices]
-        base = self.loaded.pipe
-        pipe = derive_pipeline(base, inpaint_class(base), self.scheduler())
+        pipe = self.pipeline(inpaint_class(self.loaded.pipe))
         latents = self.start_latents(pipe, seeds, indices).to(pipe.unet.dtype)
         if self.inpainting_model:
             masked = torch.cat([self.masked_image_latents(pipe, i) for i in indices]).to(pipe.unet.dtype)
@@ -198,7 +196,7 @@ class _Img2ImgRun(SamplingRun):
                                 mask_image=[self.inputs[i].mask for i in indices], masked_image_latents=masked,
                                 width=width, height=height, strength=req.denoising_strength,
                                 num_inference_steps=req.steps, generator=self.generators(seeds),
-                                output_type="pil")
+                                output_type="pil", schedule_steps=req.steps)
         return [finish_image(self.inputs[i], image) for i, image in zip(indices, images)]
 
     # --- infotext ---
@@ -222,12 +220,12 @@ class _Img2ImgRun(SamplingRun):
 
 
 def run_img2img(loaded: LoadedCheckpoint, request: Img2ImgRequest, job: JobControl, *, device_settings,
-                prompt: str, negative_prompt: str) -> GenerationOutput:
+                prompt: str, negative_prompt: str, **networks) -> GenerationOutput:
     """Generate request.n_iter batches of request.batch_size images from the input pictures.
 
     `prompt`/`negative_prompt` are the final texts (styles already applied).
     The caller calls `job.finish()`.
     """
     check_can_sample(loaded, request, "img2img")
-    run = _Img2ImgRun(loaded, request, job, device_settings, prompt, negative_prompt)
+    run = _Img2ImgRun(loaded, request, job, device_settings, prompt, negative_prompt, **networks)
     return run_batches(run, job)

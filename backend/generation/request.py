@@ -84,6 +84,7 @@ class GenerationRequest(BaseModel):
     clip_skip: int = Field(1, ge=1, le=12)
     # Title "name [hash]", file name, or name without extension; None = the selected one.
     checkpoint: str | None = None
+    vae: str | None = None  # "Automatic", "None" or a file in models/VAE; None = the sd_vae setting
     save_images: bool = True
     # Extension parameters, keyed by extension id (see backend/extensions).
     extension_args: dict[str, dict] = Field(default_factory=dict)

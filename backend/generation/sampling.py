@@ -34,6 +34,9 @@ from backend.generation.request import GenerationRequest
 from backend.generation.samplers import make_scheduler, scheduler_label
 from backend.images.infotext import format_infotext
 from backend.models.types import LoadedCheckpoint
+from backend.networks.embeddings import EmbeddingStore
+from backend.prompts.conditioning import PromptEncoder, StepConditioning
+from backend.prompts.extra_networks import strip_tags
 
 VERSION = f"diffusers {diffusers.__version__}"
 
@@ -52,7 +55,7 @@ def resolve_seed(seed: int) -> int:
     return random.randrange(2**32 - 1) if seed == -1 else seed
 
 
-def derive_pipeline(pipe, pipeline_cls: type, scheduler):
+def derive_pipeline(pipe, pipeline_cls: type, scheduler, vae=None):
     """A `pipeline_cls` sharing `pipe`'s modules, with its own scheduler and call state.
 
     Built from `pipe.components` (diffusers' documented way to reuse weights)
@@ -68,6 +71,8 @@ def derive_pipeline(pipe, pipeline_cls: type, scheduler):
     kwargs.update({k: v for k, v in pipe.config.items()
                    if k in accepted and k not in components and not k.startswith("_")})
     kwargs["scheduler"] = scheduler
+    if vae is not None:  # a VAE the request chose instead of the checkpoint's own
+        kwargs["vae"] = vae
     if "add_watermarker" in accepted:  # SDXL: keep the base's choice, not the package default
         kwargs["add_watermarker"] = getattr(pipe, "watermark", None) is not None
     derived = pipeline_cls(**kwargs)
@@ -86,8 +91,9 @@ def img2img_class(pipe) -> type:
 class StepCallback:
     """`callback_on_step_end`: progress, live preview, interrupt/skip of one pass."""
 
-    def __init__(self, job: JobControl, family, steps: int):
+    def __init__(self, job: JobControl, family, steps: int, conditioning: StepConditioning | None = None):
         self.job, self.family, self.steps = job, family, steps
+        self.conditioning = conditioning
         self.stopped = False
         self._last_preview = 0
 
@@ -103,38 +109,28 @@ class StepCallback:
             # diffusers' interrupt: the loop skips the remaining steps, then decodes as usual.
             self.stopped = True
             pipe._interrupt = True
+        if self.conditioning is not None and self.conditioning.changes:
+            # Prompt editing / alternation: the texts of the next step (whole steps, as A1111 counts them).
+            callback_kwargs.update(self.conditioning.for_step(pipe, done))
         return callback_kwargs
-
-
-@torch.no_grad()
-def encode_with_clip_skip(pipe, texts: list[str], clip_skip: int) -> torch.Tensor:
-    """SD1/SD2 prompt embeddings from the CLIP layer `clip_skip` from the end (1 = last).
-
-    diffusers' own `clip_skip` for these pipelines reads `text_encoder.text_model`,
-    which transformers 5 no longer has, so the embeddings are made here and passed
-    as `prompt_embeds`, the pipeline's documented input.
-    """
-    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-    texts = pipe.maybe_convert_prompt(texts, tokenizer)  # multi-vector textual inversion tokens
-    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids.to(pipe._execution_device)
-    hidden_states = encoder(ids, output_hidden_states=True).hidden_states
-    hidden = hidden_states[-min(clip_skip, len(hidden_states) - 1)]
-    final_norm = getattr(encoder, "text_model", encoder).final_layer_norm
-    return final_norm(hidden).to(encoder.dtype)
 
 
 class SamplingRun:
     """One request's sampling: subclasses implement `batch` and `extra_params`."""
 
     def __init__(self, loaded: LoadedCheckpoint, request: GenerationRequest, job: JobControl,
-                 device_settings, prompt: str, negative_prompt: str):
+                 device_settings, prompt: str, negative_prompt: str, embeddings: EmbeddingStore | None = None,
+                 network_params: dict[str, object] | None = None, vae=None, vae_params: dict | None = None):
         self.loaded, self.request, self.job = loaded, request, job
         self.family = loaded.variant.family
         self.prompt, self.negative_prompt = prompt, negative_prompt
         self.generator_device = getattr(device_settings, "generator_device", "cpu")
         self.inpainting_model = loaded.pipe.unet.config.in_channels == 9
-        self._embeds: dict[int, dict] = {}
+        self.prompt_encoder = PromptEncoder(loaded.pipe, request.clip_skip, embeddings)
+        self.embeddings = {e.name: e for e in embeddings.all()} if embeddings else {}
+        self.embeddings_used: set[str] = set()
+        self.network_params = network_params or {}  # "Lora hashes", from the networks actually applied
+        self.vae, self.vae_params = vae, vae_params or {}  # a chosen VAE ("VAE hash", "VAE") or the baked-in one
 
     # --- what subclasses provide ---
     def steps_per_batch(self) -> int:
@@ -151,6 +147,10 @@ class SamplingRun:
         return self.request.width, self.request.height
 
     # --- building blocks ---
+    def pipeline(self, pipeline_cls: type):
+        """A fresh pipeline of `pipeline_cls` on the loaded weights, this run's VAE and a new scheduler."""
+        return derive_pipeline(self.loaded.pipe, pipeline_cls, self.scheduler(), vae=self.vae)
+
     def scheduler(self):
         return make_scheduler(self.request.sampler_name, self.request.scheduler,
                               self.loaded.pipe.scheduler.config, self.loaded.variant.prediction_type)
@@ -158,25 +158,22 @@ class SamplingRun:
     def generators(self, seeds: list[int]) -> list[torch.Generator]:
         return [torch.Generator(self.generator_device).manual_seed(s) for s in seeds]
 
-    def prompt_kwargs(self, pipe, n: int) -> dict:
-        prompts, negatives = [self.prompt] * n, [self.negative_prompt] * n
-        skip = self.request.clip_skip
-        if skip <= 1:
-            return {"prompt": prompts, "negative_prompt": negatives}
-        if self.family.is_sdxl:  # A1111 2 = diffusers 1
-            return {"prompt": prompts, "negative_prompt": negatives, "clip_skip": skip - 1}
-        if n not in self._embeds:
-            self._embeds[n] = {"prompt_embeds": encode_with_clip_skip(pipe, prompts, skip),
-                               "negative_prompt_embeds": encode_with_clip_skip(pipe, negatives, skip)}
-        return self._embeds[n]
+    def sample(self, pipe, steps: int, job_no: int, text: str, n: int, schedule_steps: int | None = None, **kwargs):
+        """One pipeline call; returns (images or latents, stopped early).
 
-    def sample(self, pipe, steps: int, job_no: int, text: str, n: int, **kwargs):
-        """One pipeline call; returns (images or latents, stopped early)."""
-        callback = StepCallback(self.job, self.family, steps)
+        `steps` is how many steps this pass runs (for progress); prompt editing
+        counts over `schedule_steps` (the pass's nominal steps), as A1111 does.
+        """
+        # The infotext keeps the prompt as written; the text encoder gets it without <lora:...> tags.
+        conditioning = StepConditioning(self.prompt_encoder, strip_tags(self.prompt), strip_tags(self.negative_prompt),
+                                        schedule_steps or steps, n)
+        self.embeddings_used.update(conditioning.embeddings_used)
+        callback = StepCallback(self.job, self.family, steps, conditioning)
         self.job.begin_pass(job_no, steps, text)
         try:
-            result = pipe(**self.prompt_kwargs(pipe, n), guidance_scale=self.request.cfg_scale,
-                          callback_on_step_end=callback, **kwargs)
+            result = pipe(**conditioning.pipeline_kwargs(), guidance_scale=self.request.cfg_scale,
+                          callback_on_step_end=callback,
+                          callback_on_step_end_tensor_inputs=["latents", *conditioning.callback_inputs()], **kwargs)
         finally:
             self.job.end_pass()
         return result.images, callback.stopped
@@ -194,6 +191,7 @@ class SamplingRun:
             "Size": f"{width}x{height}",
             "Model hash": info.shorthash,
             "Model": info.model_name,
+            **self.vae_params,
         }
         extra = self.extra_params()
         if "Denoising strength" in extra:  # A1111's order: strength, then Clip skip, then the rest
@@ -201,6 +199,10 @@ class SamplingRun:
         if req.clip_skip > 1:
             params["Clip skip"] = req.clip_skip
         params.update(extra)
+        params.update(self.network_params)
+        if self.embeddings_used:
+            params["TI hashes"] = ", ".join(f"{name}: {self.embeddings[name].shorthash}"
+                                            for name in sorted(self.embeddings_used))
         params["Version"] = VERSION
         return params
 

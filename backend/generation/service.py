@@ -20,10 +20,11 @@ from backend.generation.txt2img import run_txt2img
 from backend.images.saving import FilenameTags, date_subdir, save_image
 from backend.models.errors import UnknownCheckpointError
 from backend.models.types import LoadedCheckpoint
+from backend.networks.library import Activation, NetworkLibrary
 
 # Infotext entries that A1111 keeps in `extra_generation_params` rather than as fields of its own.
 _BASE_PARAMS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-                "Clip skip", "Version"}
+                "VAE hash", "VAE", "Clip skip", "Version"}
 
 
 @dataclass
@@ -34,11 +35,14 @@ class GenerationResult:
     paths: list[Path] = field(default_factory=list)  # saved files; empty when not saved
     info: dict[str, Any] = field(default_factory=dict)  # A1111's `info` fields
     interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)  # said to the user: a LoRA that did not apply, ...
 
 
 class GenerationService:
-    def __init__(self, manager, options_store, styles, device_settings, *, root: Path | None = None):
+    def __init__(self, manager, options_store, styles, device_settings, *, root: Path | None = None,
+                 networks: NetworkLibrary | None = None):
         self.manager = manager
+        self.networks = networks
         self.options_store = options_store
         self.styles = styles
         self.device_settings = device_settings
@@ -61,8 +65,11 @@ class GenerationService:
         try:
             with self.manager.device_lock:
                 loaded = self.manager.load(self._checkpoint_name(request, options))
+                activation = self.networks.activate(loaded, prompt, negative, request.vae or options.sd_vae) \
+                    if self.networks else Activation()
                 output = runner(loaded, request, job, device_settings=self.device_settings,
-                                prompt=prompt, negative_prompt=negative)
+                                prompt=prompt, negative_prompt=negative,
+                                **activation.runner_kwargs(self.networks.embeddings if self.networks else None))
             directory = self.output_dir(getattr(options, outdir_option), options)
             paths = self._save(output, request, loaded, prompt, negative, options, started, directory) \
                 if request.save_images else []
@@ -70,8 +77,8 @@ class GenerationService:
             job.finish()
         return GenerationResult(
             images=output.images, infotexts=output.infotexts, seeds=output.seeds, paths=paths,
-            info=self._info(output, request, loaded, prompt, negative, started),
-            interrupted=output.interrupted,
+            info=self._info(output, request, loaded, prompt, negative, started, activation),
+            interrupted=output.interrupted, warnings=activation.warnings,
         )
 
     # --- helpers ---
@@ -109,7 +116,7 @@ class GenerationService:
 
     @staticmethod
     def _info(output: GenerationOutput, request: GenerationRequest, loaded: LoadedCheckpoint, prompt: str,
-              negative: str, started: datetime) -> dict[str, Any]:
+              negative: str, started: datetime, activation: Activation) -> dict[str, Any]:
         count = len(output.images)
         first = output.params[0] if output.params else {}
         extra = {k: v for k, v in first.items() if k not in _BASE_PARAMS}
@@ -136,8 +143,8 @@ class GenerationService:
             "face_restoration_model": None,
             "sd_model_name": loaded.info.model_name,
             "sd_model_hash": loaded.info.shorthash,
-            "sd_vae_name": None,
-            "sd_vae_hash": None,
+            "sd_vae_name": first.get("VAE"),
+            "sd_vae_hash": first.get("VAE hash"),
             "seed_resize_from_w": -1,
             "seed_resize_from_h": -1,
             "denoising_strength": _denoising_strength(request),

@@ -16,7 +16,6 @@ from backend.generation.sampling import (
     GenerationOutput,
     SamplingRun,
     check_can_sample,
-    derive_pipeline,
     img2img_class,
     inpaint_class,
     run_batches,
@@ -58,7 +57,7 @@ class _Txt2ImgRun(SamplingRun):
         req = self.request
         base = self.loaded.pipe
         cls = inpaint_class(base) if self.inpainting_model else type(base)
-        pipe = derive_pipeline(base, cls, self.scheduler())
+        pipe = self.pipeline(cls)
         generators = self.generators(seeds)
         latents = self.initial_noise(pipe, generators)
         output_type = "latent" if req.hires.enabled else "pil"
@@ -89,11 +88,12 @@ class _Txt2ImgRun(SamplingRun):
                 image = decode_latents(pipe, image, upcast=self.family.is_sdxl)
             extra = {"mask_image": [Image.new("L", size, 255)] * len(seeds), "width": size[0], "height": size[1]}
         cls = inpaint_class(self.loaded.pipe) if self.inpainting_model else img2img_class(self.loaded.pipe)
-        img2img = derive_pipeline(self.loaded.pipe, cls, self.scheduler())
+        img2img = self.pipeline(cls)
         text = f"Batch {job_no + 1} of {req.n_iter}, hires fix"
         images, _ = self.sample(img2img, self.hires_steps, job_no, text, len(seeds), **extra, image=image,
                                 strength=fix.denoising_strength, num_inference_steps=fix.steps or req.steps,
-                                generator=self.generators(seeds), output_type="pil")
+                                generator=self.generators(seeds), output_type="pil",
+                                schedule_steps=fix.steps or req.steps)
         return images
 
     # --- infotext ---
@@ -105,7 +105,7 @@ class _Txt2ImgRun(SamplingRun):
 
 
 def run_txt2img(loaded: LoadedCheckpoint, request: Txt2ImgRequest, job: JobControl, *, device_settings,
-                prompt: str, negative_prompt: str) -> GenerationOutput:
+                prompt: str, negative_prompt: str, **networks) -> GenerationOutput:
     """Generate request.n_iter batches of request.batch_size images.
 
     `prompt`/`negative_prompt` are the final texts (styles already applied).
@@ -113,5 +113,5 @@ def run_txt2img(loaded: LoadedCheckpoint, request: Txt2ImgRequest, job: JobContr
     """
     check_can_sample(loaded, request, "text-to-image")
 
-    run = _Txt2ImgRun(loaded, request, job, device_settings, prompt, negative_prompt)
+    run = _Txt2ImgRun(loaded, request, job, device_settings, prompt, negative_prompt, **networks)
     return run_batches(run, job)

@@ -16,46 +16,48 @@ _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb
 
 
 def unet_to_ldm(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    return {"model.diffusion_model." + unet_key_to_ldm(unet, key): value for key, value in unet.state_dict().items()}
+
+
+def unet_key_to_ldm(unet: UNet2DConditionModel, key: str) -> str:
+    """A diffusers UNet state-dict key in the original layout, without the `model.diffusion_model.` prefix."""
     per_level = unet.config.layers_per_block + 1
-    out = {}
-    for key, value in unet.state_dict().items():
-        parts = key.split(".")
-        head, rest = parts[0], parts[1:]
-        if head in ("conv_in",):
-            new = "input_blocks.0.0." + ".".join(rest)
-        elif head == "time_embedding":
-            new = {"linear_1": "time_embed.0", "linear_2": "time_embed.2"}[rest[0]] + "." + rest[1]
-        elif head == "add_embedding":
-            new = {"linear_1": "label_emb.0.0", "linear_2": "label_emb.0.2"}[rest[0]] + "." + rest[1]
-        elif head == "conv_norm_out":
-            new = "out.0." + rest[0]
-        elif head == "conv_out":
-            new = "out.2." + rest[0]
-        elif head == "down_blocks":
-            level, kind, j, tail = int(rest[0]), rest[1], int(rest[2]), rest[3:]
-            if kind == "downsamplers":
-                new = f"input_blocks.{(level + 1) * per_level}.0.op." + ".".join(tail[1:])
-            else:
-                block = 1 + level * per_level + j
-                new = _block_key(f"input_blocks.{block}", kind, tail)
-        elif head == "mid_block":
-            kind, j, tail = rest[0], int(rest[1]), rest[2:]
-            if kind == "attentions":
-                new = "middle_block.1." + ".".join(tail)
-            else:
-                new = f"middle_block.{2 * j}.{_RESNET[tail[0]]}." + ".".join(tail[1:])
-        elif head == "up_blocks":
-            level, kind, j, tail = int(rest[0]), rest[1], int(rest[2]), rest[3:]
-            if kind == "upsamplers":
-                has_attention = hasattr(unet.up_blocks[level], "attentions")
-                block = level * per_level + per_level - 1
-                new = f"output_blocks.{block}.{2 if has_attention else 1}.conv." + ".".join(tail[1:])
-            else:
-                new = _block_key(f"output_blocks.{level * per_level + j}", kind, tail)
+    parts = key.split(".")
+    head, rest = parts[0], parts[1:]
+    if head in ("conv_in",):
+        new = "input_blocks.0.0." + ".".join(rest)
+    elif head == "time_embedding":
+        new = {"linear_1": "time_embed.0", "linear_2": "time_embed.2"}[rest[0]] + "." + rest[1]
+    elif head == "add_embedding":
+        new = {"linear_1": "label_emb.0.0", "linear_2": "label_emb.0.2"}[rest[0]] + "." + rest[1]
+    elif head == "conv_norm_out":
+        new = "out.0." + rest[0]
+    elif head == "conv_out":
+        new = "out.2." + rest[0]
+    elif head == "down_blocks":
+        level, kind, j, tail = int(rest[0]), rest[1], int(rest[2]), rest[3:]
+        if kind == "downsamplers":
+            new = f"input_blocks.{(level + 1) * per_level}.0.op." + ".".join(tail[1:])
         else:
-            raise KeyError(f"unexpected UNet key {key}")
-        out["model.diffusion_model." + new] = value
-    return out
+            block = 1 + level * per_level + j
+            new = _block_key(f"input_blocks.{block}", kind, tail)
+    elif head == "mid_block":
+        kind, j, tail = rest[0], int(rest[1]), rest[2:]
+        if kind == "attentions":
+            new = "middle_block.1." + ".".join(tail)
+        else:
+            new = f"middle_block.{2 * j}.{_RESNET[tail[0]]}." + ".".join(tail[1:])
+    elif head == "up_blocks":
+        level, kind, j, tail = int(rest[0]), rest[1], int(rest[2]), rest[3:]
+        if kind == "upsamplers":
+            has_attention = hasattr(unet.up_blocks[level], "attentions")
+            block = level * per_level + per_level - 1
+            new = f"output_blocks.{block}.{2 if has_attention else 1}.conv." + ".".join(tail[1:])
+        else:
+            new = _block_key(f"output_blocks.{level * per_level + j}", kind, tail)
+    else:
+        raise KeyError(f"unexpected UNet key {key}")
+    return new
 
 
 def _block_key(prefix: str, kind: str, tail: list[str]) -> str:

@@ -52,9 +52,9 @@ def load_single_file(path: Path, device: DeviceSettings):
 def build_pipeline(sd: Mapping[str, torch.Tensor], variant: ModelVariant, dtype: torch.dtype):
     family = variant.family
     unet_cfg = arch.unet_config(sd, variant)
-    unet = _assemble(UNet2DConditionModel, unet_cfg, convert_ldm_unet_checkpoint(sd, unet_cfg), dtype)
+    unet = assemble(UNet2DConditionModel, unet_cfg, convert_ldm_unet_checkpoint(sd, unet_cfg), dtype)
     vae_cfg = arch.vae_config(sd, variant)
-    vae = _assemble(AutoencoderKL, vae_cfg, convert_ldm_vae_checkpoint(sd, vae_cfg), dtype)
+    vae = assemble(AutoencoderKL, vae_cfg, convert_ldm_vae_checkpoint(sd, vae_cfg), dtype)
     scheduler = EulerDiscreteScheduler.from_config(
         dict(arch.family_config(family, "scheduler"), prediction_type=variant.prediction_type))
 
@@ -88,7 +88,7 @@ def tokenizer_for(family: ModelFamily, part: str) -> CLIPTokenizer:
                          pad_token=settings["pad_token"], model_max_length=settings["model_max_length"])
 
 
-def _assemble(cls, config: dict, state: dict, dtype: torch.dtype):
+def assemble(cls, config: dict, state: dict, dtype: torch.dtype):
     """Create a model without initialising it and assign the converted weights (strict: every key must fit)."""
     with init_empty_weights(include_buffers=False):
         model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
@@ -103,7 +103,7 @@ def _clip(sd, family: ModelFamily, prefix: str, dtype: torch.dtype) -> CLIPTextM
     # transformers >= 5.6 flattened CLIPTextModel: its keys no longer start with `text_model.`
     state = {k.removeprefix("text_model."): v for k, v in state.items()}
     state.pop("embeddings.position_ids", None)
-    return _assemble(CLIPTextModel, config, state, dtype)
+    return assemble(CLIPTextModel, config, state, dtype)
 
 
 def _open_clip(sd, family: ModelFamily, prefix: str, part: str, cls, dtype: torch.dtype):
@@ -115,7 +115,7 @@ def _open_clip(sd, family: ModelFamily, prefix: str, part: str, cls, dtype: torc
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
         wanted = set(shell.state_dict())
         state = {k: v for k, v in state.items() if k in wanted}
-    return _assemble(cls, config, state, dtype)
+    return assemble(cls, config, state, dtype)
 
 
 def load_diffusers_folder(path: Path, device: DeviceSettings):

@@ -53,7 +53,8 @@ class ModelManager:
             for path in sorted(root.rglob("*")):
                 if path.is_dir() and (path / "model_index.json").is_file():
                     entries[path.resolve()] = CheckpointInfo(path=path, name=path.relative_to(root).as_posix())
-                elif path.is_file() and path.suffix.lower() in CHECKPOINT_EXTENSIONS and not _inside_diffusers(path, root):
+                elif (path.is_file() and path.suffix.lower() in CHECKPOINT_EXTENSIONS and not _inside_diffusers(path, root)
+                      and not path.stem.lower().endswith(".vae")):  # model.vae.safetensors is that model's VAE
                     entries[path.resolve()] = self._describe(path, root)
         for path in self.builtin:
             if path.is_file() and path.resolve() not in entries:

@@ -100,6 +100,14 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
 
 
 def _read_pickle(path: Path, kind: str) -> dict[str, torch.Tensor]:
+    return _tensors_from(read_pickle_object(path, kind), path)
+
+
+def read_pickle_object(path: Path, kind: str | None = None) -> Any:
+    """What a .pt/.ckpt/.bin pickle holds (nested dicts of tensors and plain values), loaded without code."""
+    kind = kind or sniff_format(path)
+    if kind == "safetensors":
+        raise CheckpointLoadError(f"{path.name}: is a safetensors file, not a pickle")
     if kind == "zip-pickle":
         try:
             with zipfile.ZipFile(path) as archive:
@@ -115,7 +123,7 @@ def _read_pickle(path: Path, kind: str) -> dict[str, torch.Tensor]:
             ".safetensors elsewhere.") from None
     except (EOFError, RuntimeError, ValueError, OSError) as exc:
         raise CheckpointLoadError(f"{path.name}: the file is truncated or damaged ({_first_line(exc)})") from None
-    return _tensors_from(obj, path)
+    return obj
 
 
 def _tensors_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
