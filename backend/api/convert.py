@@ -141,7 +141,7 @@ def _refusals(req: ApiProcessing, sampler: str, scheduler: str) -> list[tuple[st
 
 
 # override_settings key -> Txt2ImgRequest field
-_OVERRIDABLE = {"sd_model_checkpoint": "checkpoint", "CLIP_stop_at_last_layers": "clip_skip"}
+_OVERRIDABLE = {"sd_model_checkpoint": "checkpoint", "CLIP_stop_at_last_layers": "clip_skip", "sd_vae": "vae"}
 
 
 def _overrides(overrides: dict[str, Any], options: Options) -> tuple[dict[str, Any], list[tuple[str, str]]]:
@@ -228,6 +228,7 @@ _FIELD_NAMES = {  # our field path -> A1111 field name, for error messages
     "hires.steps": "hr_second_pass_steps", "hires.denoising_strength": "denoising_strength",
     "checkpoint": "override_settings.sd_model_checkpoint",
     "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+    "vae": "override_settings.sd_vae",
 }
 
 

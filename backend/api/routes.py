@@ -19,17 +19,22 @@ from pydantic import ValidationError
 
 from backend.api import convert
 from backend.api.schemas import (
+    EmbeddingItem,
+    EmbeddingsResponse,
     ImageToImageResponse,
+    LoraItem,
     PNGInfoRequest,
     PNGInfoResponse,
     SamplerItem,
     SchedulerItem,
     SDModelItem,
+    SDVaeItem,
     StableDiffusionImg2ImgProcessingAPI,
     StableDiffusionTxt2ImgProcessingAPI,
     TextToImageResponse,
 )
 from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, sampler_aliases
+from backend.prompts.conditioning import embedding_widths
 from backend.images.infotext import parse_infotext, read_infotext
 from backend.images.loading import ImageInputError, decode_base64_mask
 from backend.models.errors import CheckpointLoadError, UnknownCheckpointError
@@ -131,6 +136,46 @@ def create_api_router(ctx: Any) -> APIRouter:
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints() -> None:
         ctx.manager.refresh()
+
+    @router.get("/loras", response_model=list[LoraItem])
+    def loras() -> list[LoraItem]:
+        return [LoraItem(name=f.name, alias=f.alias, path=str(f.path), metadata=f.metadata)
+                for f in ctx.networks.loras.files()]
+
+    @router.post("/refresh-loras")
+    def refresh_loras() -> None:
+        ctx.networks.loras.refresh()
+
+    @router.get("/embeddings", response_model=EmbeddingsResponse)
+    def embeddings() -> EmbeddingsResponse:
+        """As A1111: `loaded` fit the current checkpoint, `skipped` do not (or could not be read)."""
+        def item(e) -> EmbeddingItem:
+            return EmbeddingItem(step=e.step, sd_checkpoint=None, sd_checkpoint_name=e.sd_checkpoint_name,
+                                 shape=sum(e.widths().values()), vectors=e.length)
+
+        store = ctx.networks.embeddings
+        current = ctx.manager.loaded()  # least recently used first: the last is the current model
+        if current:
+            fits, skipped = store.for_widths(embedding_widths(current[-1].pipe))
+        else:  # nothing loaded yet: nothing to measure against, so every readable one is listed
+            fits, skipped = store.all(), []
+        by_name = {e.name: e for e in store.all()}
+        return EmbeddingsResponse(
+            loaded={e.name: item(e) for e in fits},
+            skipped={**{s.name: item(by_name[s.name]) for s in skipped},
+                     **{s.name: {"error": s.reason} for s in store.unreadable()}})
+
+    @router.post("/refresh-embeddings")
+    def refresh_embeddings() -> None:
+        ctx.networks.embeddings.refresh()
+
+    @router.get("/sd-vae", response_model=list[SDVaeItem])
+    def sd_vae() -> list[SDVaeItem]:
+        return [SDVaeItem(model_name=f.name, filename=str(f.path)) for f in ctx.networks.vaes.files()]
+
+    @router.post("/refresh-vae")
+    def refresh_vae() -> None:
+        ctx.networks.vaes.refresh()
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:

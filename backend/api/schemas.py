@@ -127,6 +127,31 @@ class ImageToImageResponse(TextToImageResponse):
     pass
 
 
+class LoraItem(BaseModel):
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any] = {}
+
+
+class EmbeddingItem(BaseModel):
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    shape: int
+    vectors: int
+
+
+class EmbeddingsResponse(BaseModel):
+    loaded: dict[str, EmbeddingItem]
+    skipped: dict[str, EmbeddingItem | dict[str, str]]
+
+
+class SDVaeItem(BaseModel):
+    model_name: str
+    filename: str
+
+
 class SDModelItem(BaseModel):
     title: str
     model_name: str
