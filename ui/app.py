@@ -74,6 +74,8 @@ def build_ui(ctx: AppContext, allow_folders: bool = True) -> gr.Blocks:
             checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=checkpoint_choices(ctx),
                                      value=selected_checkpoint(ctx), elem_id="setting_sd_model_checkpoint",
                                      scale=4, allow_custom_value=False)
+            vae = gr.Dropdown(label="SD VAE", choices=ctx.networks.vaes.choices(), value=ctx.options.options.sd_vae,
+                              elem_id="setting_sd_vae", scale=2, allow_custom_value=False)
             refresh = gr.Button("🔄", elem_id="refresh_checkpoints", scale=0, min_width=48)
         status = gr.Markdown(status_line(ctx), elem_id="checkpoint_status")
 
@@ -95,9 +97,16 @@ def build_ui(ctx: AppContext, allow_folders: bool = True) -> gr.Blocks:
 
         def do_refresh(current):
             ctx.manager.refresh()
+            ctx.networks.refresh()
             choices = checkpoint_choices(ctx)
             value = current if current in choices else selected_checkpoint(ctx)
-            return gr.update(choices=choices, value=value), status_line(ctx)
+            vaes = ctx.networks.vaes.choices()
+            chosen_vae = ctx.options.options.sd_vae if ctx.options.options.sd_vae in vaes else "Automatic"
+            return gr.update(choices=choices, value=value), status_line(ctx), gr.update(choices=vaes, value=chosen_vae)
+
+        def pick_vae(choice):
+            # A quick setting, as in A1111: it applies to the next generation; the checkpoint is not reloaded.
+            ctx.options.update(sd_vae=choice or "Automatic")
 
         def pick(title):
             if not title:
@@ -123,6 +132,7 @@ def build_ui(ctx: AppContext, allow_folders: bool = True) -> gr.Blocks:
         sizes = [txt2img.width, txt2img.height, img2img.width, img2img.height]
         demo.load(on_page_load, outputs=[txt2img.sampler, txt2img.width, txt2img.height,
                                          img2img.sampler, img2img.width, img2img.height], queue=False)
-        refresh.click(do_refresh, inputs=checkpoint, outputs=[checkpoint, status], queue=False)
+        refresh.click(do_refresh, inputs=checkpoint, outputs=[checkpoint, status, vae], queue=False)
+        vae.input(pick_vae, inputs=vae, outputs=None, queue=False)
         checkpoint.input(pick, inputs=checkpoint, outputs=[checkpoint, status, *sizes])
     return demo

@@ -17,6 +17,7 @@ from backend.images.loading import to_mask, to_rgb
 from backend.images.resize import RESIZE_MODES, size_by_factor
 from backend.generation.service import GenerationResult
 from ui.errors import user_message
+from ui.extra_networks import build_extra_networks
 from ui.session_jobs import SessionJobs
 from ui.widgets import (
     PromptRow,
@@ -75,6 +76,7 @@ def _editor(elem_id: str, label: str, brush: gr.Brush) -> gr.ImageEditor:
 def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdown,
                       allow_folders: bool = True) -> Img2ImgTab:
     row = build_prompt_row(ctx, "img2img")
+    build_extra_networks(ctx, "img2img", row.prompt, checkpoint)
     mode = gr.State("img2img")
     with gr.Row():
         with gr.Column(scale=1, elem_id="img2img_settings"):

@@ -12,6 +12,7 @@ import gradio as gr
 from backend.app_context import AppContext
 from backend.generation.request import HIRES_UPSCALERS, Txt2ImgRequest
 from ui.errors import user_message
+from ui.extra_networks import build_extra_networks
 from ui.session_jobs import SessionJobs
 from ui.widgets import (
     PromptRow,
@@ -65,6 +66,7 @@ class Txt2ImgTab:
 
 def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdown) -> Txt2ImgTab:
     row = build_prompt_row(ctx, "txt2img")
+    build_extra_networks(ctx, "txt2img", row.prompt, checkpoint)
     with gr.Row():
         with gr.Column(scale=1, elem_id="txt2img_settings"):
             sampler, schedule, steps = build_sampler_row(ctx, "txt2img")

@@ -184,13 +184,14 @@ def stream_job(ctx: AppContext, jobs: SessionJobs, session: str, name: str,
     result = outcome["result"]
     captions = [(str(p) if p else img, text.split("\n")[0][:80]) for img, p, text in
                 zip(result.images, result.paths or [None] * len(result.images), result.infotexts)]
-    yield (captions, "", None, info_html(result.infotexts, result.interrupted),
+    yield (captions, "", None, info_html(result.infotexts, result.interrupted, result.warnings),
            result.seeds[0] if result.seeds else -1, list(result.infotexts))
 
 
-def info_html(infotexts: list[str], interrupted: bool) -> str:
+def info_html(infotexts: list[str], interrupted: bool, warnings: list[str] = ()) -> str:
+    notes = "".join(f'<p class="studio-warning">⚠ {html.escape(w)}</p>' for w in warnings)
     if not infotexts:
-        return "<p>Interrupted before any image was finished.</p>" if interrupted else ""
-    note = "<p><b>Interrupted</b>: showing what was finished.</p>" if interrupted else ""
+        return notes + ("<p>Interrupted before any image was finished.</p>" if interrupted else "")
+    note = notes + ("<p><b>Interrupted</b>: showing what was finished.</p>" if interrupted else "")
     body = html.escape(infotexts[0]).replace("\n", "<br>")
     return f'{note}<div class="studio-infotext" data-infotexts="{html.escape(json.dumps(infotexts))}">{body}</div>'
