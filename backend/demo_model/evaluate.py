@@ -102,6 +102,38 @@ def classify_shape(image: Image.Image) -> str | None:
     return "square" if spread < 0.165 else "triangle"
 
 
+def to_tensor(images: list[Image.Image]):
+    """RGB pictures as a (n, 3, h, w) float tensor in [-1, 1], as the VAE takes them."""
+    import torch
+
+    array = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images]) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+def to_images(pixels) -> list[Image.Image]:
+    array = ((pixels.permute(0, 2, 3, 1).float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
+    return [Image.fromarray(a) for a in array]
+
+
+def reconstruction_scores(vae, count: int = 48, seed: int = 123, size: int = 128) -> Scores:
+    """Encode and decode rendered scenes (held-out pairs included) and score what comes back.
+
+    The ceiling of the whole model: the UNet's pictures reach the screen through this decoder.
+    """
+    import random
+
+    import torch
+
+    from backend.demo_model.scenes import random_scene, render
+
+    rng = random.Random(seed)
+    scenes = [random_scene(rng, allow_held_out=True) for _ in range(count)]
+    with torch.no_grad():
+        pixels = to_tensor([render(s, size) for s in scenes]).to(vae.device, vae.dtype)
+        decoded = to_images(vae.decode(vae.encode(pixels).latent_dist.mean).sample)
+    return score(decoded, [(s.colour, s.shape) for s in scenes])
+
+
 def held_out_prompts() -> list[tuple[str, str, str]]:
     """(prompt, colour, shape): every held-out pair, said briefly and in full."""
     prompts = []
