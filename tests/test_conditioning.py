@@ -155,3 +155,21 @@ def test_an_embedding_of_the_wrong_width_is_listed_as_skipped_and_stays_text(tmp
     encoder = PromptEncoder(pipe, embeddings=store)
     assert [(s.name, "width" in s.reason) for s in encoder.skipped] == [("wide", True)]
     assert torch.equal(encoder.encode("a wide cat").embeds, PromptEncoder(pipe).encode("a wide cat").embeds)
+
+
+def test_an_sdxl_embedding_gives_each_text_encoder_its_own_vectors(app_context, tmp_path):
+    from safetensors.torch import save_file
+
+    pipe = app_context.manager.load("sdxl.safetensors").pipe
+    widths = (pipe.text_encoder.config.hidden_size, pipe.text_encoder_2.config.hidden_size)
+    vectors = {"clip_l": torch.randn(2, widths[0]), "clip_g": torch.randn(2, widths[1])}
+    save_file(vectors, str(tmp_path / "xl-style.safetensors"))
+    write_embedding(tmp_path / "sd1-only.pt", widths[0])  # one set of vectors: for SD1, skipped here
+    encoder = PromptEncoder(pipe, embeddings=EmbeddingStore([tmp_path]))
+    assert [s.name for s in encoder.skipped] == ["sd1-only"]
+    cond = encoder.encode("a xl-style cat")
+    plain = PromptEncoder(pipe).encode("a xl-style cat")
+    assert cond.embeddings_used == ["xl-style"]
+    # both halves of the joined features change: each encoder got its own vectors
+    assert not torch.equal(cond.embeds[..., :widths[0]], plain.embeds[..., :widths[0]])
+    assert not torch.equal(cond.embeds[..., widths[0]:], plain.embeds[..., widths[0]:])

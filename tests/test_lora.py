@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from backend.generation.request import Txt2ImgRequest
+from backend.images.infotext import parse_infotext
 from backend.models.ldm_export import unet_key_to_ldm
 from backend.networks.lora import addnet_hash
 from backend.prompts.conditioning import PromptEncoder
@@ -81,6 +82,8 @@ def test_infotext_records_the_lora_hash_and_keeps_the_tag_in_the_prompt(ctx, pip
     assert infotext.startswith("a cat <lora:ink:0.7>\n")
     assert f'Lora hashes: "ink: {addnet_hash(path)[:12]}"' in infotext
     assert not result.warnings
+    parsed = parse_infotext(infotext)  # what PNG Info and the paste button read: the tag comes back
+    assert parsed["Prompt"] == "a cat <lora:ink:0.7>" and parsed["Lora hashes"] == f"ink: {addnet_hash(path)[:12]}"
 
 
 def test_two_loras_stack_and_negative_weights_subtract(ctx, pipe, lora_dir):
