@@ -187,3 +187,28 @@ def test_send_to_inpaint_draw_a_mask_and_inpaint(running_studio):
     changed = np.abs(after - before).max(axis=2) > 0
     assert changed[:64, :64].mean() > 0.02  # the painted stroke was inpainted...
     assert not changed[80:, :].any() and not changed[:, 96:].any()  # ...and the rest kept, pixel for pixel
+
+
+@NEEDS_CHROMIUM
+def test_extra_networks_card_puts_the_lora_tag_in_the_prompt(running_studio, checkpoint_dir):
+    from playwright.sync_api import expect
+
+    from backend.devices import DeviceSettings
+    from backend.models.loader import load_single_file
+    from tests.fixtures.tiny_networks import write_kohya_lora
+
+    url, data_dir = running_studio
+    pipe, _ = load_single_file(checkpoint_dir / "sd1.safetensors", DeviceSettings.from_flags(device="cpu"))
+    write_kohya_lora(pipe, data_dir / "models" / "Lora" / "ink.safetensors",
+                     metadata={"ss_output_name": "<b>ink</b>"})
+    with _studio_page(url, "tiny-sd1.safetensors") as page:
+        page.locator("#txt2img_prompt textarea").fill("a red circle")
+        page.locator("#txt2img_extra_networks").get_by_text("Extra networks").click()
+        page.locator("#txt2img_extra_refresh").click()  # the file arrived after start: refresh lists it
+        card = page.locator("#txt2img_extra_cards img").first
+        expect(card).to_be_visible(timeout=30_000)
+        card.click()
+        expect(page.locator("#txt2img_prompt textarea")).to_have_value("a red circle <lora:ink:1>", timeout=30_000)
+        expect(page.locator("#txt2img_extra_details")).to_contain_text("<b>ink</b>")  # shown as text, escaped
+        _fill_txt2img(page, page.locator("#txt2img_prompt textarea").input_value(), seed=9, steps=2, size=64)
+        expect(page.locator("#txt2img_info")).to_contain_text("Lora hashes", timeout=120_000)
