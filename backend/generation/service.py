@@ -77,7 +77,7 @@ class GenerationService:
             job.finish()
         return GenerationResult(
             images=output.images, infotexts=output.infotexts, seeds=output.seeds, paths=paths,
-            info=self._info(output, request, loaded, prompt, negative, started, activation),
+            info=self._info(output, request, loaded, prompt, negative, started),
             interrupted=output.interrupted, warnings=activation.warnings,
         )
 
@@ -116,7 +116,7 @@ class GenerationService:
 
     @staticmethod
     def _info(output: GenerationOutput, request: GenerationRequest, loaded: LoadedCheckpoint, prompt: str,
-              negative: str, started: datetime, activation: Activation) -> dict[str, Any]:
+              negative: str, started: datetime) -> dict[str, Any]:
         count = len(output.images)
         first = output.params[0] if output.params else {}
         extra = {k: v for k, v in first.items() if k not in _BASE_PARAMS}

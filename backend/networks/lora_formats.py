@@ -65,13 +65,11 @@ class ModuleUpdate:
             if w2.ndim == 4:
                 w1 = w1[:, :, None, None]
             delta = torch.kron(w1, w2)
-            alpha = t.get("alpha")
-            scale = 1.0 if rank is None or alpha is None else alpha.item() / rank
-            return _shaped(delta * scale, shape, self.module)
         else:
             raise LoraFormatError(f"{self.module}: no LoRA tensors ({', '.join(sorted(t))})")
+        # alpha / rank, as the trainers scale; LoKr with both factors full has no rank and no scale.
         alpha = t.get("alpha")
-        scale = alpha.item() / rank if alpha is not None else 1.0
+        scale = alpha.item() / rank if alpha is not None and rank else 1.0
         return _shaped(delta * scale, shape, self.module)
 
 

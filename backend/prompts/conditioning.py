@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from backend.networks.embeddings import SINGLE, EmbeddingMatcher, EmbeddingStore, SkippedFile
+from backend.networks.embeddings import SINGLE, EmbeddingMatcher, EmbeddingStore
 from backend.prompts.attention import parse_attention
 from backend.prompts.tokens import Chunk, chunk_input_ids, chunk_weights, tokenize_weighted
 
@@ -69,13 +69,10 @@ class PromptEncoder:
         if not self.encoders:
             raise ValueError("this pipeline has no text encoder")
         self.clip_skip = max(1, clip_skip)
-        fits, self.skipped_embeddings = embeddings.for_widths(embedding_widths(pipe)) if embeddings else ([], [])
+        # Embeddings whose width does not fit this model stay plain words; `skipped` says why.
+        fits, self.skipped = embeddings.for_widths(embedding_widths(pipe)) if embeddings else ([], [])
         self._matcher = EmbeddingMatcher(fits, self.encoders[0].tokenizer) if fits else None
         self._cache: dict[str, Conditioning] = {}
-
-    @property
-    def skipped(self) -> list[SkippedFile]:
-        return self.skipped_embeddings
 
     def encode(self, text: str) -> Conditioning:
         if text not in self._cache:
