@@ -37,3 +37,26 @@ class DeviceSettings:
     def generator_device(self) -> str:
         # Noise is drawn on the CPU so the same seed gives the same image on every device, like A1111's default.
         return "cpu"
+
+
+def memory_report() -> dict:
+    """A1111's /memory shape: system RAM, and the CUDA device's memory when there is one."""
+    import os
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    report: dict = {"ram": {"free": free, "used": total - free, "total": total}}
+    if torch.cuda.is_available():
+        free_gpu, total_gpu = torch.cuda.mem_get_info()
+        stats = torch.cuda.memory_stats()
+        report["cuda"] = {
+            "system": {"free": free_gpu, "used": total_gpu - free_gpu, "total": total_gpu},
+            "active": {"current": stats.get("active_bytes.all.current", 0), "peak": stats.get("active_bytes.all.peak", 0)},
+            "allocated": {"current": stats.get("allocated_bytes.all.current", 0),
+                          "peak": stats.get("allocated_bytes.all.peak", 0)},
+            "reserved": {"current": stats.get("reserved_bytes.all.current", 0),
+                         "peak": stats.get("reserved_bytes.all.peak", 0)},
+        }
+    else:
+        report["cuda"] = {"error": "no CUDA device"}
+    return report

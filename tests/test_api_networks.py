@@ -58,3 +58,21 @@ def test_vaes_are_listed_and_override_settings_picks_one_for_one_request(app_con
     image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
     assert "VAE: other.safetensors" in image.info["parameters"]
     assert client.get(f"{API}/options").json()["sd_vae"] == "Automatic"  # the setting itself is unchanged
+
+
+def test_listing_and_maintenance_routes_answer_in_a1111_shapes(app_context, client):
+    styles = client.get(f"{API}/prompt-styles").json()
+    assert styles and set(styles[0]) == {"name", "prompt", "negative_prompt"}
+    assert [u["name"] for u in client.get(f"{API}/upscalers").json()][0] == "None"
+    assert [m["name"] for m in client.get(f"{API}/latent-upscale-modes").json()] == [
+        "Latent", "Latent (nearest)", "Latent (bicubic)"]
+    assert client.get(f"{API}/face-restorers").json() == []
+    assert client.get(f"{API}/scripts").json() == {"txt2img": [], "img2img": []}
+    memory = client.get(f"{API}/memory").json()
+    assert memory["ram"]["total"] > memory["ram"]["free"] > 0
+
+    app_context.manager.load("sd1.safetensors")
+    assert client.post(f"{API}/unload-checkpoint").status_code == 200
+    assert app_context.manager.loaded() == []
+    assert client.post(f"{API}/reload-checkpoint").status_code == 200
+    assert len(app_context.manager.loaded()) == 1

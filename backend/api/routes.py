@@ -21,19 +21,26 @@ from backend.api import convert
 from backend.api.schemas import (
     EmbeddingItem,
     EmbeddingsResponse,
+    FaceRestorerItem,
     ImageToImageResponse,
+    LatentUpscalerModeItem,
     LoraItem,
     PNGInfoRequest,
     PNGInfoResponse,
+    PromptStyleItem,
     SamplerItem,
     SchedulerItem,
+    ScriptsList,
     SDModelItem,
     SDVaeItem,
     StableDiffusionImg2ImgProcessingAPI,
     StableDiffusionTxt2ImgProcessingAPI,
     TextToImageResponse,
+    UpscalerItem,
 )
+from backend.devices import memory_report
 from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, sampler_aliases
+from backend.generation.request import HIRES_UPSCALERS, LATENT_UPSCALERS
 from backend.prompts.conditioning import embedding_widths
 from backend.images.infotext import parse_infotext, read_infotext
 from backend.images.loading import ImageInputError, decode_base64_mask
@@ -176,6 +183,50 @@ def create_api_router(ctx: Any) -> APIRouter:
     @router.post("/refresh-vae")
     def refresh_vae() -> None:
         ctx.networks.vaes.refresh()
+
+    @router.get("/prompt-styles", response_model=list[PromptStyleItem])
+    def prompt_styles() -> list[PromptStyleItem]:
+        styles = [ctx.styles.get(name) for name in ctx.styles.names()]
+        return [PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt) for s in styles if s]
+
+    @router.get("/upscalers", response_model=list[UpscalerItem])
+    def upscalers() -> list[UpscalerItem]:
+        # What hires. fix can use today: plain resamplers (ESRGAN-family models arrive with Extras).
+        return [UpscalerItem(name="None")] + [UpscalerItem(name=n) for n in HIRES_UPSCALERS
+                                              if n not in LATENT_UPSCALERS]
+
+    @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])
+    def latent_upscale_modes() -> list[LatentUpscalerModeItem]:
+        return [LatentUpscalerModeItem(name=n) for n in LATENT_UPSCALERS]
+
+    @router.get("/face-restorers", response_model=list[FaceRestorerItem])
+    def face_restorers() -> list[FaceRestorerItem]:
+        return []  # CodeFormer/GFPGAN arrive with Extras
+
+    @router.get("/scripts", response_model=ScriptsList)
+    def scripts() -> ScriptsList:
+        return ScriptsList()
+
+    @router.get("/extensions")
+    def extensions() -> list[dict[str, Any]]:
+        return []
+
+    @router.post("/unload-checkpoint")
+    def unload_checkpoint() -> None:
+        with ctx.manager.device_lock:  # never pull a model from under a running job
+            ctx.manager.unload_all()
+
+    @router.post("/reload-checkpoint")
+    def reload_checkpoint() -> None:
+        name = ctx.options.options.sd_model_checkpoint or getattr(ctx.manager.default_checkpoint(), "name", None)
+        if not name:
+            raise convert.ApiFieldError([("sd_model_checkpoint", "no checkpoint to load")])
+        with ctx.manager.device_lock:
+            ctx.manager.load(name)
+
+    @router.get("/memory")
+    def memory() -> dict[str, Any]:
+        return memory_report()
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:

@@ -147,6 +147,34 @@ class EmbeddingsResponse(BaseModel):
     skipped: dict[str, EmbeddingItem | dict[str, str]]
 
 
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None = None
+    negative_prompt: str | None = None
+
+
+class UpscalerItem(BaseModel):
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
+class LatentUpscalerModeItem(BaseModel):
+    name: str
+
+
+class FaceRestorerItem(BaseModel):
+    name: str
+    cmd_dir: str | None = None
+
+
+class ScriptsList(BaseModel):
+    txt2img: list[str] = []
+    img2img: list[str] = []
+
+
 class SDVaeItem(BaseModel):
     model_name: str
     filename: str
