@@ -39,12 +39,12 @@ from backend.api.schemas import (
     UpscalerItem,
 )
 from backend.devices import memory_report
-from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, sampler_aliases
 from backend.generation.request import HIRES_UPSCALERS, LATENT_UPSCALERS
-from backend.prompts.conditioning import embedding_widths
+from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, sampler_aliases
 from backend.images.infotext import parse_infotext, read_infotext
 from backend.images.loading import ImageInputError, decode_base64_mask
 from backend.models.errors import CheckpointLoadError, UnknownCheckpointError
+from backend.prompts.conditioning import embedding_widths
 from backend.settings import PATH_OPTIONS, Options
 
 log = logging.getLogger(__name__)
