@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from backend.demo_model.scenes import BACKGROUNDS, COLOURS, HELD_OUT, SHAPES
+from backend.demo_model.scenes import BACKGROUNDS, COLOURS, HELD_OUT
 
 PALETTE_NAMES = list(COLOURS)
 PALETTE = np.array([COLOURS[n] for n in PALETTE_NAMES], dtype=np.float32)

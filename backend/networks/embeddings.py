@@ -127,8 +127,6 @@ class EmbeddingStore:
             for path in sorted(folder.rglob("*")):
                 if not path.is_file() or path.suffix.lower() not in EMBEDDING_EXTENSIONS:
                     continue
-                if path.name.endswith((".preview.png",)):
-                    continue
                 try:
                     embedding = read_embedding(path)
                 except (CheckpointLoadError, EmbeddingFormatError) as exc:

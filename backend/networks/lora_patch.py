@@ -11,7 +11,7 @@ no reload, no extra work per sampling step.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -27,7 +27,6 @@ class LoraReport:
     applied: int = 0
     unmatched: int = 0
     mismatched: int = 0
-    problems: list[str] = field(default_factory=list)
 
     @property
     def usable(self) -> bool:
@@ -121,10 +120,8 @@ class LoraPatcher:
                     continue
                 try:
                     staged.append((module, update.delta(module.weight.shape), weight))
-                except LoraFormatError as exc:
+                except LoraFormatError:
                     report.mismatched += 1
-                    if len(report.problems) < 3:
-                        report.problems.append(str(exc))
                     continue
                 report.applied += 1
             if report.mismatched:  # made for another model: the names that happen to fit would only add noise
