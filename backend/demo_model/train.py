@@ -28,7 +28,12 @@ so it loads through exactly the code that loads downloaded checkpoints.
 4. UNet + text encoder: epsilon prediction on SD1's noise schedule, captions
    of varying detail, 10% empty captions so classifier-free guidance works.
    The UNet's weights are an exponential moving average. Its outermost level
-   is 64 wide for the same GroupNorm reason.
+   is 64 wide for the same GroupNorm reason. Attention runs at 8x8 and 4x4
+   only: at 16x16 it cost a third of each step and taught little. A share of
+   the noise levels is drawn from the noisiest 40%, where a 16x16 latent's
+   layout is decided, and the latent cells around the shape weigh more.
+   Against the earlier recipe, in the same 12 minutes on one core, these
+   three changes took held-out colour adherence from 21% to 62%.
 """
 from __future__ import annotations
 
@@ -71,10 +76,12 @@ class Recipe:
     vae_min_colour: float = 0.9  # the gate: reconstructions scored by the evaluator's criteria, which
     vae_min_shape: float = 0.7  # must reach the model's own goals, or no UNet on top could
     scenes: int = 3200  # encoding costs about 0.1 s a scene at 128 px
-    unet_steps: int = 2400
+    unet_steps: int = 2900
     unet_batch: int = 24
     unet_lr: float = 6e-4
     min_snr_gamma: float = 5.0
+    high_noise_share: float = 0.3  # of the noise levels drawn from t in [600, 1000)
+    unet_shape_weight: float = 3.0  # loss weight of latent cells at and around the shape (the rest: 1)
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
 
@@ -86,9 +93,9 @@ VAE_CONFIG = dict(block_out_channels=(64, 64, 64, 128), layers_per_block=1, late
                   sample_size=RESOLUTION, scaling_factor=SD1_SCALING)
 TEXT_CONFIG = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=2,
                    max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu", projection_dim=128)
-UNET_CONFIG = dict(sample_size=RESOLUTION // 8, in_channels=4, out_channels=4, block_out_channels=(64, 64, 128),
-                   layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=128,
+UNET_CONFIG = dict(sample_size=RESOLUTION // 8, in_channels=4, out_channels=4, block_out_channels=(64, 128, 128),
+                   layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                   up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=128,
                    attention_head_dim=8, norm_num_groups=32)
 
 
@@ -99,12 +106,16 @@ def log(message: str, started: float) -> None:
 # --------------------------------------------------------------------------- VAE
 
 
-def vae_loss(vae: AutoencoderKL, scenes, size: int, recipe: Recipe) -> torch.Tensor:
-    batch = to_tensor([render(s, size, supersample=2) for s in scenes])
+def shape_mask(batch: torch.Tensor, scenes) -> torch.Tensor:
+    """(n, 1, h, w): 1 where a pixel differs from its scene's background colour."""
     background = torch.tensor([COLOURS[s.background] for s in scenes], dtype=torch.float32)
     background = background.view(-1, 3, 1, 1) / 127.5 - 1
-    shape = ((batch - background).abs().amax(1, keepdim=True) > 0.1).float()
-    weight = 1 + (recipe.vae_shape_weight - 1) * shape
+    return ((batch - background).abs().amax(1, keepdim=True) > 0.1).float()
+
+
+def vae_loss(vae: AutoencoderKL, scenes, size: int, recipe: Recipe) -> torch.Tensor:
+    batch = to_tensor([render(s, size, supersample=2) for s in scenes])
+    weight = 1 + (recipe.vae_shape_weight - 1) * shape_mask(batch, scenes)
     posterior = vae.encode(batch).latent_dist
     # Decoded from the mean, as the studio encodes: sampling the posterior only blurs the edges.
     recon = vae.decode(posterior.mean).sample
@@ -149,21 +160,30 @@ def fold_latent_scale(vae: AutoencoderKL, images: torch.Tensor) -> float:
 def build_dataset(recipe: Recipe, vae: AutoencoderKL, rng: random.Random, started: float):
     tokenizer = tokenizer_for(ModelFamily.SD1, "tokenizer")
     scenes = [random_scene(rng) for _ in range(recipe.scenes)]
-    latents = []
+    latents, masks = [], []
     for i in range(0, len(scenes), 64):
         images = to_tensor([render(s, RESOLUTION, supersample=2) for s in scenes[i:i + 64]])
         latents.append(vae.encode(images).latent_dist.mean * SD1_SCALING)
+        # Latent cells the shape touches, and their neighbours: where the shape's outline is drawn.
+        masks.append(F.max_pool2d(F.max_pool2d(shape_mask(images, scenes[i:i + 64]), 8), 3, stride=1, padding=1))
         if i % 6400 == 0:
             log(f"encoded {i}/{len(scenes)} scenes", started)
     captions = [[s.caption(d) for d in range(4)] for s in scenes]
     flat = [c for group in captions for c in group] + [""]
     ids = tokenizer(flat, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     caption_ids = ids[:-1].view(len(scenes), 4, 77)
-    return torch.cat(latents), caption_ids, ids[-1]
+    return torch.cat(latents), torch.cat(masks), caption_ids, ids[-1]
 
 
-def train_unet(recipe: Recipe, latents: torch.Tensor, caption_ids: torch.Tensor, empty_ids: torch.Tensor,
-               started: float):
+def noise_levels(recipe: Recipe, count: int, steps: int, gen: torch.Generator) -> torch.Tensor:
+    """Timesteps: uniform, except a share drawn from the noisiest 40%, where layout is decided."""
+    uniform = torch.randint(0, steps, (count,), generator=gen)
+    high = torch.randint(int(steps * 0.6), steps, (count,), generator=gen)
+    return torch.where(torch.rand(count, generator=gen) < recipe.high_noise_share, high, uniform)
+
+
+def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor, caption_ids: torch.Tensor,
+               empty_ids: torch.Tensor, started: float):
     gen = torch.Generator().manual_seed(recipe.seed + 1)
     torch.manual_seed(recipe.seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
@@ -184,13 +204,14 @@ def train_unet(recipe: Recipe, latents: torch.Tensor, caption_ids: torch.Tensor,
         ids[drop] = empty_ids
         x0 = latents[index]
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, len(alphas), (recipe.unet_batch,), generator=gen)
+        t = noise_levels(recipe, recipe.unet_batch, len(alphas), gen)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         context = text_encoder(ids).last_hidden_state
         # Min-SNR weighting: the easy, low-noise steps stop dominating, and training converges sooner.
         snr = a / (1 - a)
         weight = torch.clamp(snr, max=recipe.min_snr_gamma) / snr
+        weight = weight * (1 + (recipe.unet_shape_weight - 1) * shape_cells[index])
         loss = (weight * (unet(noisy, t, context).sample - noise).pow(2)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -259,9 +280,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("the VAE is below its bar; no UNet trained on it could follow prompts. Nothing saved.")
     probe = to_tensor([render(random_scene(rng), RESOLUTION) for _ in range(64)])
     log(f"latent scale folded into the VAE: x{fold_latent_scale(vae, probe):.3f}", started)
-    latents, caption_ids, empty_ids = build_dataset(recipe, vae, rng, started)
+    latents, shape_cells, caption_ids, empty_ids = build_dataset(recipe, vae, rng, started)
     log(f"latent std after scaling {latents.std().item():.3f}", started)
-    unet, text_encoder = train_unet(recipe, latents, caption_ids, empty_ids, started)
+    unet, text_encoder = train_unet(recipe, latents, shape_cells, caption_ids, empty_ids, started)
     seconds = time.monotonic() - started
     card = model_card(recipe, seconds) | {"studio.vae_reconstruction": json.dumps(asdict(vae_scores))}
     save(args.out, unet, vae, text_encoder, card)
