@@ -12,10 +12,12 @@ from backend.demo_model.evaluate import DemoEvaluator, held_out_prompts
 from backend.demo_model.scenes import HELD_OUT
 from backend.devices import DeviceSettings
 
-# The shipped model does not reach these bars yet: its VAE now decodes held-out scenes with 100% colour
-# and 90% shape, but its UNet draws rounded blobs (issue 3 has the numbers). strict: the day a retrained
-# model passes, these turn into failures to un-mark.
-BELOW_THE_BAR = pytest.mark.xfail(strict=True, reason="demo model below the adherence bar (issue 3)")
+# The shipped model reaches the colour and shape bars on held-out pairs (92% / 71% at CFG 7), but it
+# follows its prompts about as well without guidance (96% / 67% at CFG 1), and a colourless "a circle" is
+# never red (its captions always named a colour), so a negative "red" has nothing to remove. Issue 3 has
+# the numbers. strict: the day a retrained model passes, these turn into failures to un-mark.
+NO_CFG_GAIN = pytest.mark.xfail(strict=True, reason="CFG 7 is not clearly better than CFG 1 (issue 3)")
+NO_RED_TO_REMOVE = pytest.mark.xfail(strict=True, reason="'a circle' is never red on this model (issue 3)")
 
 
 def test_demo_file_is_small_and_carries_its_model_card():
@@ -58,7 +60,6 @@ def adherence(evaluator):
     return evaluator.adherence(prompts, cfg=7.0), evaluator.adherence(prompts, cfg=1.0)
 
 
-@BELOW_THE_BAR
 def test_held_out_colours_and_shapes_follow_the_prompt(adherence):
     at7, _ = adherence
     assert at7.count >= 24
@@ -66,12 +67,13 @@ def test_held_out_colours_and_shapes_follow_the_prompt(adherence):
     assert at7.shape >= 0.7, f"shape adherence {at7.shape:.0%}"
 
 
-@BELOW_THE_BAR
+@NO_CFG_GAIN
 def test_cfg_matters(adherence):
     at7, at1 = adherence
     assert at7.colour + at7.shape >= at1.colour + at1.shape + 0.3, (at7, at1)
 
 
+@NO_RED_TO_REMOVE
 def test_negative_prompt_removes_red(evaluator):
     effect = evaluator.negative_prompt_effect(seeds=24)
     assert effect["red_images_with_negative"] < effect["red_images_without"], effect
