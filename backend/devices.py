@@ -1,6 +1,7 @@
 """Where models run and in what precision, from A1111's flag names."""
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Literal
 
@@ -60,3 +61,10 @@ def memory_report() -> dict:
     else:
         report["cuda"] = {"error": "no CUDA device"}
     return report
+
+
+def release_cached_memory() -> None:
+    """Give the allocator's cached blocks back, e.g. after a job ran out of memory, so the next job can start."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -7,6 +7,9 @@ from backend.generation.job import ProgressSnapshot
 
 
 def progress_html(snap: ProgressSnapshot) -> str:
+    if snap.queue_position:  # waiting for others' jobs
+        label = html.escape(f"In queue: {snap.queue_position} job(s) ahead")
+        return f'<div class="studio-progress"><span class="studio-progress-text">{label}</span></div>'
     percent = int(snap.progress * 100)
     parts = [f"{percent}%"]
     if snap.total_steps:

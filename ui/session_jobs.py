@@ -12,7 +12,7 @@ class SessionJobs:
         self._jobs: dict[str, JobControl] = {}
 
     def start(self, session: str, preview_every: int) -> JobControl:
-        job = JobControl(preview_every_n_steps=preview_every)
+        job = JobControl(preview_every_n_steps=preview_every, owner=f"session:{session}")
         with self._lock:
             self._jobs[session] = job
         return job

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from PIL import Image
 
@@ -26,6 +27,7 @@ class ProgressSnapshot:
     preview: Image.Image | None
     preview_id: int
     running: bool
+    queue_position: int | None = None  # jobs that will run before this one; None once it runs
 
 
 @dataclass
@@ -33,6 +35,8 @@ class JobControl:
     """Shared between the worker thread running a job and readers polling it."""
 
     preview_every_n_steps: int = 0  # 0 disables live preview
+    owner: str = "local"  # whose job: a browser session or an API user; the queue serves owners in turn
+    created: datetime = field(default_factory=datetime.now)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _interrupted: bool = False
     _skipped: bool = False
@@ -47,6 +51,7 @@ class JobControl:
     preview_id: int = 0
     started_at: float | None = None
     finished: bool = False
+    queue_position: int | None = None  # written by the DeviceQueue while the job waits
 
     # --- commands from the UI / API ---
     def interrupt(self) -> None:
@@ -123,4 +128,5 @@ class JobControl:
                 preview=self.preview,
                 preview_id=self.preview_id,
                 running=self.started_at is not None and not self.finished,
+                queue_position=None if self.finished else self.queue_position,
             )

@@ -1,7 +1,8 @@
 """The one entry point the UI and the API call to generate images.
 
-It picks the checkpoint, applies styles, runs the job under the device lock
-(one job on the device at a time), saves the images and builds A1111's `info`.
+It picks the checkpoint, applies styles, waits for the job's turn in the
+device queue (one job on the device at a time, owners served in turn), saves
+the images and builds A1111's `info`.
 """
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
+from backend.devices import release_cached_memory
 from backend.generation.img2img import run_img2img
 from backend.generation.job import JobControl
+from backend.generation.queue import DeviceQueue, InterruptedWhileQueued
 from backend.generation.request import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from backend.generation.sampling import VERSION, GenerationOutput
 from backend.generation.txt2img import run_txt2img
@@ -21,6 +25,10 @@ from backend.images.saving import FilenameTags, date_subdir, save_image
 from backend.models.errors import UnknownCheckpointError
 from backend.models.types import LoadedCheckpoint
 from backend.networks.library import Activation, NetworkLibrary
+
+class GenerationOutOfMemory(RuntimeError):
+    """The device ran out of memory during one job; the studio and the next job are fine."""
+
 
 # Infotext entries that A1111 keeps in `extra_generation_params` rather than as fields of its own.
 _BASE_PARAMS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
@@ -47,6 +55,7 @@ class GenerationService:
         self.styles = styles
         self.device_settings = device_settings
         self.root = Path(root) if root is not None else Path.cwd()  # relative output folders live here
+        self.queue = DeviceQueue(manager.device_lock)
 
     def txt2img(self, request: Txt2ImgRequest, job: JobControl | None = None) -> GenerationResult:
         return self._generate(request, job, run_txt2img, "outdir_txt2img_samples")
@@ -63,7 +72,7 @@ class GenerationService:
         job.preview_every_n_steps = options.show_progress_every_n_steps if options.live_previews_enable else 0
         started = datetime.now()
         try:
-            with self.manager.device_lock:
+            with self.queue.turn(job):  # waits while others' jobs run
                 loaded = self.manager.load(self._checkpoint_name(request, options))
                 activation = self.networks.activate(loaded, prompt, negative, request.vae or options.sd_vae) \
                     if self.networks else Activation()
@@ -73,6 +82,13 @@ class GenerationService:
             directory = self.output_dir(getattr(options, outdir_option), options)
             paths = self._save(output, request, loaded, prompt, negative, options, started, directory) \
                 if request.save_images else []
+        except InterruptedWhileQueued:
+            return GenerationResult(images=[], infotexts=[], seeds=[], interrupted=True)
+        except torch.OutOfMemoryError as err:
+            release_cached_memory()  # the next job starts with the memory this one held
+            raise GenerationOutOfMemory(
+                f"out of memory on {self.device_settings.device} at {request.width}x{request.height}, batch size "
+                f"{request.batch_size}: try a smaller size or batch, or start with --medvram / --lowvram") from err
         finally:
             job.finish()
         return GenerationResult(

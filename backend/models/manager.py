@@ -8,15 +8,12 @@ before anything is evicted.
 """
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
-import torch
-
-from backend.devices import DeviceSettings
+from backend.devices import DeviceSettings, release_cached_memory
 from backend.models import architecture as arch
 from backend.models.errors import CheckpointLoadError, UnknownCheckpointError
 from backend.models.hashing import HashCache
@@ -163,9 +160,7 @@ class ModelManager:
             log.info("unloading checkpoint %s", old.info.name)
             evicted = True
         if evicted:
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            release_cached_memory()
 
 
 def _inside_diffusers(path: Path, root: Path) -> bool:
