@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from backend.devices import DeviceSettings
 from backend.generation.service import GenerationService
@@ -51,9 +52,10 @@ class AppContext:
     service: GenerationService
     device: DeviceSettings
     networks: NetworkLibrary
+    command_flags: dict[str, Any] = field(default_factory=dict)  # as launched; /cmd-flags shows them, secrets hidden
 
 
-def build_app_context(paths: AppPaths, device: DeviceSettings) -> AppContext:
+def build_app_context(paths: AppPaths, device: DeviceSettings, command_flags: dict[str, Any] | None = None) -> AppContext:
     options = OptionsStore(paths.config_file)
     options.load()
     styles = StyleStore(paths.styles_file, STARTER_STYLES)
@@ -66,7 +68,7 @@ def build_app_context(paths: AppPaths, device: DeviceSettings) -> AppContext:
                               paths.vae_dirs or [paths.root / "models" / "VAE"])
     service = GenerationService(manager, options, styles, device, root=paths.root, networks=networks)
     return AppContext(root=paths.root, options=options, styles=styles, manager=manager, service=service, device=device,
-                      networks=networks)
+                      networks=networks, command_flags=dict(command_flags or {}))
 
 
 def _apply_options(manager: ModelManager, old: Options, new: Options) -> None:

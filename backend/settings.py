@@ -69,6 +69,10 @@ class Options(BaseModel):
         "Automatic", description="VAE: Automatic (a .vae file beside the checkpoint, else its own), None (always "
                                  "its own) or a file from models/VAE.",
     )
+    api_enable_requests: bool = Field(
+        False, description="Let API clients give input images as http(s) URLs for the server to download. "
+                           "Loopback, link-local and private addresses are refused even then.",
+    )
     CLIP_stop_at_last_layers: int = Field(
         1, ge=1, le=12,
         description="Clip skip: stop the text encoder this many layers before the end (1 = use all).",
@@ -81,6 +85,9 @@ PATH_OPTIONS: frozenset[str] = frozenset(
     {"outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples",
      "outdir_txt2img_grids"}
 )
+
+# Options a remote client must not turn on for itself: they decide what the server reaches out to.
+SERVER_ONLY_OPTIONS: frozenset[str] = frozenset({"api_enable_requests"})
 
 Listener = Callable[[Options, Options], None]
 

@@ -4,8 +4,9 @@ Fields we honour are mapped onto `Txt2ImgRequest` / `Img2ImgRequest`. A field we
 accepted at its default (or a value that changes nothing) and refused with a
 message naming it otherwise: a client must never get a picture made without
 the setting it asked for. `comments`, `do_not_save_grid`, `eta`,
-`firstphase_*`, `force_task_id` and `override_settings_restore_afterwards` are
-ignored (overrides never touch the global options here anyway). For img2img,
+`firstphase_*` and `override_settings_restore_afterwards` are ignored
+(overrides never touch the global options here anyway); `force_task_id` names
+the job for /progress (routes.py). For img2img,
 `image_cfg_scale` is ignored as A1111 ignores it for models that are not
 instruct-pix2pix (which this studio does not run).
 """
@@ -35,7 +36,13 @@ from backend.generation.samplers import (
     split_legacy_sampler_name,
 )
 from backend.images.infotext import parse_infotext
-from backend.images.loading import ImageInputError, decode_base64_image, decode_base64_mask
+from backend.images.loading import (
+    ImageInputError,
+    base64_payload,
+    open_image,
+    open_mask,
+)
+from backend.images.remote import fetch_image_bytes, is_url
 from backend.images.resize import RESIZE_MODES
 from backend.settings import Options
 
@@ -308,6 +315,13 @@ def _choice(field: str, value: int, choices: tuple[str, ...]) -> str:
     return choices[value]
 
 
+def _api_image(data: str, what: str, options: Options, open_as: Callable[[bytes, str], Image.Image]) -> Image.Image:
+    """base64 as A1111 sends it, or an http(s) URL where the server allows them (never a local address)."""
+    raw = fetch_image_bytes(data, what, allowed=options.api_enable_requests) if is_url(data) \
+        else base64_payload(data, what)
+    return open_as(raw, what)
+
+
 def to_img2img_request(req: ApiImg2Img, options: Options) -> Img2ImgRequest:
     """Our request for an A1111 img2img payload (images decoded); raises ApiFieldError."""
     req = apply_infotext(req)
@@ -317,13 +331,13 @@ def to_img2img_request(req: ApiImg2Img, options: Options) -> Img2ImgRequest:
     images, problems = [], []
     for index, data in enumerate(req.init_images):
         try:
-            images.append(decode_base64_image(data, f"init image {index}"))
+            images.append(_api_image(data, f"init image {index}", options, open_image))
         except ImageInputError as err:
             problems.append((f"init_images.{index}", str(err)))
     mask = None
     if req.mask:
         try:
-            mask = decode_base64_mask(req.mask)
+            mask = _api_image(req.mask, "the mask", options, open_mask)
         except ImageInputError as err:
             problems.append(("mask", str(err)))
     if problems:

@@ -11,13 +11,15 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from backend.api import convert
+from backend.api.auth import Credentials, basic_auth_dependency, caller
+from backend.api.jobs import ApiJobs, ApiTask
 from backend.api.schemas import (
     EmbeddingItem,
     EmbeddingsResponse,
@@ -27,6 +29,8 @@ from backend.api.schemas import (
     LoraItem,
     PNGInfoRequest,
     PNGInfoResponse,
+    ProgressResponse,
+    ProgressState,
     PromptStyleItem,
     SamplerItem,
     SchedulerItem,
@@ -45,7 +49,7 @@ from backend.images.infotext import parse_infotext, read_infotext
 from backend.images.loading import ImageInputError, decode_base64_mask
 from backend.models.errors import CheckpointLoadError, UnknownCheckpointError
 from backend.prompts.conditioning import embedding_widths
-from backend.settings import PATH_OPTIONS, Options
+from backend.settings import PATH_OPTIONS, SERVER_ONLY_OPTIONS, Options
 
 log = logging.getLogger(__name__)
 
@@ -100,27 +104,89 @@ class _ErrorMappingRoute(APIRoute):
         return handle
 
 
-def create_api_router(ctx: Any) -> APIRouter:
-    """Routes on `ctx` (an AppContext: options, manager, service). Prefix set by the caller."""
-    router = APIRouter(route_class=_ErrorMappingRoute)
+_SECRET_FLAGS = ("gradio_auth", "gradio_auth_path", "api_auth", "tls_keyfile")
+
+
+def redacted_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The command line for /cmd-flags: secrets (passwords, key files) only say that they are set."""
+    return {k: ("<set>" if v else v) if k in _SECRET_FLAGS else (str(v) if hasattr(v, "__fspath__") else v)
+            for k, v in flags.items()}
+
+
+def _progress(task: ApiTask | None, skip_current_image: bool) -> ProgressResponse:
+    if task is None:
+        return ProgressResponse()
+    snap = task.job.snapshot()
+    state = ProgressState(skipped=False, interrupted=task.job.interrupted, job=task.task_id,
+                          job_count=snap.job_count, job_no=snap.job_no, sampling_step=snap.step,
+                          sampling_steps=snap.total_steps, queue_position=snap.queue_position,
+                          job_timestamp=task.job.created.strftime("%Y%m%d%H%M%S"))
+    if snap.queue_position:
+        return ProgressResponse(state=state, textinfo=f"In queue: {snap.queue_position} job(s) ahead",
+                                current_task=task.task_id)
+    image = None
+    if snap.preview is not None and not skip_current_image:
+        image = convert.encode_png_base64(snap.preview, None)
+    return ProgressResponse(progress=snap.progress, eta_relative=snap.eta_seconds or 0.0, state=state,
+                            current_image=image, textinfo=snap.text or None, current_task=task.task_id)
+
+
+def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRouter:
+    """Routes on `ctx` (an AppContext: options, manager, service). Prefix set by the caller.
+
+    With `credentials`, every route asks for HTTP Basic auth.
+    """
+    router = APIRouter(route_class=_ErrorMappingRoute, dependencies=[Depends(basic_auth_dependency(credentials or []))])
+    jobs = ApiJobs()
+
+    def run(http: Request, force_task_id: str | None, generate) -> Any:
+        """Run `generate(job)` as the caller's job, known to /progress, /interrupt and /skip meanwhile."""
+        task = jobs.start(caller(http), force_task_id)
+        try:
+            return generate(task.job)
+        finally:
+            jobs.finish(task)
 
     @router.post("/txt2img", response_model=TextToImageResponse)
-    def txt2img(req: StableDiffusionTxt2ImgProcessingAPI) -> TextToImageResponse:
+    def txt2img(req: StableDiffusionTxt2ImgProcessingAPI, http: Request) -> TextToImageResponse:
         request = convert.to_txt2img_request(req, ctx.options.options)
-        result = ctx.service.txt2img(request)
+        result = run(http, req.force_task_id, lambda job: ctx.service.txt2img(request, job))
         return TextToImageResponse(images=convert.result_images(result, req.send_images),
                                    parameters=req.model_dump(), info=convert.result_info(result))
 
     @router.post("/img2img", response_model=ImageToImageResponse)
-    def img2img(req: StableDiffusionImg2ImgProcessingAPI) -> ImageToImageResponse:
+    def img2img(req: StableDiffusionImg2ImgProcessingAPI, http: Request) -> ImageToImageResponse:
         request = convert.to_img2img_request(req, ctx.options.options)
-        result = ctx.service.img2img(request)
+        result = run(http, req.force_task_id, lambda job: ctx.service.img2img(request, job))
         parameters = req.model_dump()
         if not req.include_init_images:  # as A1111: the (large) inputs are not echoed unless asked
             parameters["init_images"] = None
             parameters["mask"] = None
         return ImageToImageResponse(images=convert.result_images(result, req.send_images),
                                     parameters=parameters, info=convert.result_info(result))
+
+    @router.get("/progress", response_model=ProgressResponse)
+    def progress(http: Request, skip_current_image: bool = Query(False)) -> ProgressResponse:
+        """The caller's own job: the one running, else the first one waiting."""
+        active = jobs.active(caller(http))
+        return _progress(active[0] if active else None, skip_current_image)
+
+    @router.post("/interrupt")
+    def interrupt(http: Request) -> None:
+        """Stops the caller's running job (it returns what it finished) and drops its waiting ones."""
+        for task in jobs.active(caller(http)):
+            task.job.interrupt()
+
+    @router.post("/skip")
+    def skip(http: Request) -> None:
+        """Ends the image batch the caller's running job is on; the job goes on with the next one."""
+        active = jobs.active(caller(http))
+        if active and active[0].job.queue_position is None:
+            active[0].job.skip()
+
+    @router.get("/cmd-flags")
+    def cmd_flags() -> dict[str, Any]:
+        return redacted_flags(getattr(ctx, "command_flags", {}))
 
     @router.post("/png-info", response_model=PNGInfoResponse)
     def png_info(req: PNGInfoRequest) -> PNGInfoResponse:
@@ -238,9 +304,11 @@ def create_api_router(ctx: Any) -> APIRouter:
         if unknown:
             raise convert.ApiFieldError([(k, "unknown option") for k in unknown])
         paths = sorted(k for k in changes if k in PATH_OPTIONS)
-        if paths:
+        server_only = sorted(k for k in changes if k in SERVER_ONLY_OPTIONS)
+        if paths or server_only:
             raise convert.ForbiddenFieldError(
-                [(k, "folder options cannot be changed through the API") for k in paths])
+                [(k, "folder options cannot be changed through the API") for k in paths]
+                + [(k, "only the studio's own Settings page can change this") for k in server_only])
         # Validate everything before loading anything, so a bad value changes nothing.
         Options.model_validate({**ctx.options.options.model_dump(), **changes})
         name = changes.get("sd_model_checkpoint")

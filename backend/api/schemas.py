@@ -201,3 +201,25 @@ class SchedulerItem(BaseModel):
     aliases: list[str] | None = None
     default_rho: float | None = None
     need_inner_model: bool | None = None
+
+
+class ProgressState(BaseModel):
+    skipped: bool = False
+    interrupted: bool = False
+    stopping_generation: bool = False
+    job: str = ""
+    job_count: int = 0
+    job_timestamp: str = "0"
+    job_no: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    queue_position: int | None = None  # not in A1111: jobs that will run before the caller's
+
+
+class ProgressResponse(BaseModel):
+    progress: float = 0.0
+    eta_relative: float = 0.0
+    state: ProgressState = ProgressState()
+    current_image: str | None = None
+    textinfo: str | None = None
+    current_task: str | None = None

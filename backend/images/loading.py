@@ -67,14 +67,15 @@ def _decode(source: bytes | str | Path, what: str) -> Image.Image:
 
 def decode_base64_image(data: str, what: str = "the image") -> Image.Image:
     """An A1111 API image: base64, with or without a `data:image/...;base64,` prefix."""
-    return open_image(_base64_bytes(data, what), what)
+    return open_image(base64_payload(data, what), what)
 
 
 def decode_base64_mask(data: str, what: str = "the mask") -> Image.Image:
-    return open_mask(_base64_bytes(data, what), what)
+    return open_mask(base64_payload(data, what), what)
 
 
-def _base64_bytes(data: str, what: str) -> bytes:
+def base64_payload(data: str, what: str) -> bytes:
+    """The bytes of an A1111 API image field (a URL is refused here: see images/remote.py)."""
     text = data.strip()
     if text.startswith(("http://", "https://")):
         raise ImageInputError(f"{what} is a URL; send the image itself, base64-encoded")
