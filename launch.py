@@ -40,8 +40,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hide-ui-dir-config", action="store_true",
                    help="hide fields that read folders on this machine (always hidden with --share/--listen)")
     p.add_argument("--gradio-auth", default=None, help="user:password[,user2:password2] for the UI")
+    p.add_argument("--gradio-auth-path", type=Path, default=None,
+                   help="file of user:password pairs (one per line or comma-separated) for the UI")
+    p.add_argument("--api-auth", default=None,
+                   help="user:password[,user2:password2]: HTTP Basic auth on every /sdapi/v1 route")
+    p.add_argument("--subpath", default=None,
+                   help="serve the UI as if at /SUBPATH, for a reverse proxy that forwards that path")
     p.add_argument("--tls-keyfile", default=None)
     p.add_argument("--tls-certfile", default=None)
+    p.add_argument("--disable-tls-verify", action="store_true",
+                   help="accept a self-signed certificate (the server checks its own URL at start)")
     return p.parse_args(argv)
 
 

@@ -1,20 +1,15 @@
 """End to end in a real browser: launch.py on a tiny checkpoint, headless Chromium, type, Generate, see the image."""
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.launched import launch_studio
+
 CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.browser
 
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -22,32 +17,13 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
                  "--disable-dev-shm-usage"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"launch.py exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"launch.py did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture
 def running_studio(tmp_path, checkpoint_dir):
     models = tmp_path / "Stable-diffusion"
     models.mkdir()
     shutil.copy(checkpoint_dir / "sd1.safetensors", models / "tiny-sd1.safetensors")
-    yield from _launch(tmp_path, models)
+    for url in launch_studio(tmp_path, models):
+        yield url, tmp_path
 
 
 @pytest.fixture
@@ -55,27 +31,8 @@ def first_launch_studio(tmp_path):
     """A fresh install: models/Stable-diffusion is empty."""
     models = tmp_path / "Stable-diffusion"
     models.mkdir()
-    yield from _launch(tmp_path, models)
-
-
-def _launch(tmp_path: Path, models: Path):
-    port = _free_port()
-    log = tmp_path / "launch.log"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "launch.py"), "--skip-install", "--port", str(port), "--api",
-             "--ckpt-dir", str(models), "--data-dir", str(tmp_path), "--device", "cpu"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_for(f"http://127.0.0.1:{port}/", process, log)
-        yield f"http://127.0.0.1:{port}/", tmp_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    for url in launch_studio(tmp_path, models):
+        yield url, tmp_path
 
 
 @contextmanager

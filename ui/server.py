@@ -4,17 +4,26 @@ from __future__ import annotations
 import argparse
 import logging
 
+from backend.api.auth import parse_credentials
 from backend.app_context import AppPaths, build_app_context
 from backend.devices import DeviceSettings
 
 log = logging.getLogger("studio")
 
 
-def _auth(spec: str | None):
-    if not spec:
-        return None
-    pairs = [item.split(":", 1) for item in spec.split(",") if ":" in item]
-    return [(user.strip(), password.strip()) for user, password in pairs]
+def exposure_warnings(args: argparse.Namespace, ui_auth: list, api_auth: list) -> list[str]:
+    """What to say, once, when others can reach this studio without a password."""
+    if not (args.listen or args.share):
+        return []
+    where = "a public Gradio link" if args.share else "every network interface (--listen)"
+    warnings = []
+    if not args.nowebui and not ui_auth:
+        warnings.append(f"The UI is served on {where} with no password: anyone who can reach it can generate "
+                        "and read your outputs. Set --gradio-auth user:password.")
+    if (args.api or args.nowebui) and not api_auth:
+        warnings.append(f"The API is served on {where} with no password: anyone who can reach it can use it. "
+                        "Set --api-auth user:password.")
+    return warnings
 
 
 def serve_studio(args: argparse.Namespace) -> None:
@@ -24,22 +33,26 @@ def serve_studio(args: argparse.Namespace) -> None:
                      lora_dirs=[d.resolve() for d in args.lora_dir or []],
                      embedding_dirs=[d.resolve() for d in args.embeddings_dir or []],
                      vae_dirs=[d.resolve() for d in args.vae_dir or []])
-    ctx = build_app_context(paths, device)
+    ui_auth = parse_credentials(args.gradio_auth, args.gradio_auth_path)
+    api_auth = parse_credentials(args.api_auth)
+    ctx = build_app_context(paths, device, command_flags=vars(args))
     if args.ckpt:
         ctx.options.update(sd_model_checkpoint=ctx.manager.find(args.ckpt).title)
     log.info("device %s (%s); %d checkpoint(s) found", device.device, device.dtype,
              sum(1 for e in ctx.manager.checkpoints() if e.error is None))
+    for warning in exposure_warnings(args, ui_auth, api_auth):
+        log.warning(warning)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
+
+    from backend.api.routes import create_api_router
 
     if args.nowebui:
         import uvicorn
         from fastapi import FastAPI
 
-        from backend.api.routes import create_api_router
-
         app = FastAPI(title="Stable Diffusion Studio API")
-        app.include_router(create_api_router(ctx), prefix="/sdapi/v1")
-        uvicorn.run(app, host=host, port=args.port)
+        app.include_router(create_api_router(ctx, api_auth), prefix="/sdapi/v1")
+        uvicorn.run(app, host=host, port=args.port, ssl_keyfile=args.tls_keyfile, ssl_certfile=args.tls_certfile)
         return
 
     from ui.app import CSS, build_ui
@@ -50,11 +63,12 @@ def serve_studio(args: argparse.Namespace) -> None:
     demo.queue(default_concurrency_limit=None)
     app, local_url, share_url = demo.launch(
         server_name=host, server_port=args.port, share=args.share, prevent_thread_lock=True,
-        auth=_auth(args.gradio_auth), ssl_keyfile=args.tls_keyfile, ssl_certfile=args.tls_certfile,
+        auth=ui_auth or None, ssl_keyfile=args.tls_keyfile, ssl_certfile=args.tls_certfile,
+        ssl_verify=not args.disable_tls_verify,
+        root_path=f"/{args.subpath.strip('/')}" if args.subpath else None,
+        app_kwargs={"docs_url": "/docs", "redoc_url": "/redoc"} if args.api else None,  # Gradio turns them off
         css=CSS, quiet=False, footer_links=["api", "settings"])
     if args.api:
-        from backend.api.routes import create_api_router
-
-        app.include_router(create_api_router(ctx), prefix="/sdapi/v1")
-        log.info("API mounted at %s/sdapi/v1", local_url.rstrip("/"))
+        app.include_router(create_api_router(ctx, api_auth), prefix="/sdapi/v1")
+        log.info("API mounted at %s/sdapi/v1%s", local_url.rstrip("/"), " (HTTP Basic auth)" if api_auth else "")
     demo.block_thread()
