@@ -56,7 +56,12 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    write_checkpoint(work / "models" / "a.safetensors", TinySpec("sd1", width=args.width_mult), seed=1)
+    # Written on a thread that then ends: as in the server, the main thread never runs torch, so the
+    # device thread's OpenMP team is the only one (queue.py says why that matters).
+    writer = threading.Thread(target=write_checkpoint, args=(work / "models" / "a.safetensors",
+                                                             TinySpec("sd1", width=args.width_mult), 1))
+    writer.start()
+    writer.join()
     ctx = build_app_context(AppPaths(root=work, checkpoint_dirs=[work / "models"], builtin_checkpoints=[]),
                             DeviceSettings.from_flags())
     ctx.options.update(sd_model_checkpoint="a.safetensors", live_previews_enable=False)

@@ -20,21 +20,25 @@ class Line:
         self.release: dict[str, threading.Event] = {}
         self.jobs: dict[str, JobControl] = {}
         self.threads: list[threading.Thread] = []
+        self.threads_used: set[int] = set()  # threads the work ran on
 
     def submit(self, name: str, owner: str, fail: bool = False) -> JobControl:
         job = JobControl(owner=owner)
         self.jobs[name], self.release[name] = job, threading.Event()
         waiting_before = self.queue.waiting() + (1 if self.queue.busy() else 0)
 
+        def work():
+            assert self.device_lock._is_owned()
+            self.ran.append(name)
+            self.threads_used.add(threading.get_ident())
+            assert self.release[name].wait(10)
+            if fail:
+                raise RuntimeError("out of memory")
+            return name
+
         def body():
             try:
-                with self.queue.turn(job):
-                    assert self.device_lock._is_owned()
-                    self.ran.append(name)
-                    assert self.release[name].wait(10)
-                    if fail:
-                        raise RuntimeError("out of memory")
-                self.outcomes[name] = "done"
+                self.outcomes[name] = "done" if self.queue.run(job, work) == name else "wrong result"
             except InterruptedWhileQueued:
                 self.outcomes[name] = "interrupted while queued"
             except RuntimeError as err:
@@ -73,6 +77,8 @@ def test_owners_are_served_in_turn_and_positions_say_so():
         assert line.jobs[name].queue_position is None  # running
         line.finish(name)
     assert line.ran == ["a1", "b1", "a2", "a3"]
+    # Four callers' threads, one device thread: a single OpenMP team on the CPU (see queue.py).
+    assert len(line.threads_used) == 1 and threading.get_ident() not in line.threads_used
 
 
 def test_one_owner_alone_keeps_its_own_order():
@@ -126,6 +132,25 @@ def test_a_model_load_outside_the_queue_still_waits_for_the_running_job():
     assert not took_lock.wait(0.2)
     line.finish("a1")
     assert took_lock.wait(5)
+
+
+def test_work_ahead_of_the_line_runs_between_jobs_on_the_device_thread():
+    line = Line()
+    line.submit("a1", "alice")
+    line.submit("b1", "bob")
+    done = []
+    loader = threading.Thread(target=lambda: done.append(line.queue.on_device_now(
+        lambda: (line.device_lock._is_owned(), list(line.ran), threading.get_ident()))), daemon=True)
+    loader.start()
+    time.sleep(0.1)
+    assert not done  # a1 is still on the device
+    line.finish("a1")
+    loader.join(5)
+    owned, ran_before, thread = done[0]
+    assert owned and ran_before == ["a1"] and thread in line.threads_used  # after a1, before b1
+    until(lambda: line.ran[-1] == "b1")
+    line.finish("b1")
+    assert line.queue.on_device_now(lambda: 42) == 42
 
 
 def test_progress_bar_says_how_many_jobs_are_ahead():

@@ -112,8 +112,7 @@ def build_ui(ctx: AppContext, allow_folders: bool = True) -> gr.Blocks:
             if not title:
                 return gr.skip(), status_line(ctx), *[gr.skip()] * 4
             try:
-                with ctx.manager.device_lock:
-                    loaded = ctx.manager.load(title)
+                loaded = ctx.service.queue.on_device_now(lambda: ctx.manager.load(title))
                 ctx.options.update(sd_model_checkpoint=loaded.info.title)
             except Exception as exc:  # the old model keeps serving; put the picker back
                 gr.Warning(user_message(exc))

@@ -279,16 +279,14 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
 
     @router.post("/unload-checkpoint")
     def unload_checkpoint() -> None:
-        with ctx.manager.device_lock:  # never pull a model from under a running job
-            ctx.manager.unload_all()
+        ctx.service.queue.on_device_now(ctx.manager.unload_all)  # never from under a running job
 
     @router.post("/reload-checkpoint")
     def reload_checkpoint() -> None:
         name = ctx.options.options.sd_model_checkpoint or getattr(ctx.manager.default_checkpoint(), "name", None)
         if not name:
             raise convert.ApiFieldError([("sd_model_checkpoint", "no checkpoint to load")])
-        with ctx.manager.device_lock:
-            ctx.manager.load(name)
+        ctx.service.queue.on_device_now(lambda: ctx.manager.load(name))
 
     @router.get("/memory")
     def memory() -> dict[str, Any]:
@@ -313,9 +311,8 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
         Options.model_validate({**ctx.options.options.model_dump(), **changes})
         name = changes.get("sd_model_checkpoint")
         if name and name != ctx.options.options.sd_model_checkpoint:
-            # Under the device lock: loading may evict a model a running job is using.
-            with ctx.manager.device_lock:
-                loaded = ctx.manager.load(name)  # raises before the selection changes
+            # On the device, between jobs: loading may evict a model a running job is using.
+            loaded = ctx.service.queue.on_device_now(lambda: ctx.manager.load(name))  # raises before selecting
             changes = {**changes, "sd_model_checkpoint": loaded.info.title}  # title has the hash now
         ctx.options.update(**changes)
         return True

@@ -7,19 +7,28 @@ client that sends twenty jobs at once does not hold up someone else's one.
 
 Each waiting job's `JobControl.queue_position` says how many jobs will run
 before it; a job interrupted while it waits leaves the line without running.
+
+The work itself runs on one long-lived device thread, whoever asked for it.
+Every thread that runs torch ops on the CPU keeps its own OpenMP team; with
+two teams on the same cores, OpenMP stops spinning and every small op waits
+for a wake-up: the demo model took 1.45 s a picture instead of 0.81 s.
 """
 from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from backend.generation.job import JobControl
 
 _WAKE_SECONDS = 0.2  # how often a waiting job looks at its own interrupt flag
 _REMEMBERED_OWNERS = 1000  # owners whose last turn is kept, for the fair order
+
+T = TypeVar("T")
 
 
 class InterruptedWhileQueued(Exception):
@@ -34,10 +43,13 @@ class _Ticket:
 
 
 class DeviceQueue:
-    """The line in front of the device lock (`device_lock` is the model manager's)."""
+    """The line in front of the device (`device_lock` is the model manager's)."""
 
     def __init__(self, device_lock: threading.RLock):
         self._device_lock = device_lock
+        self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device",
+                                                 initializer=self._remember_device_thread)
+        self._device_thread_id: int | None = None
         self._changed = threading.Condition()
         self._waiting: list[_Ticket] = []
         self._running: _Ticket | None = None
@@ -45,9 +57,23 @@ class DeviceQueue:
         self._turns = itertools.count(1)
         self._arrivals = itertools.count()
 
+    def run(self, job: JobControl, work: Callable[[], T]) -> T:
+        """Wait in line, then run `work` on the device thread; its result or its exception comes back."""
+        with self._turn(job):
+            return self._device_thread.submit(self.on_device_now, work).result()
+
+    def on_device_now(self, work: Callable[[], T]) -> T:
+        """Run `work` under the device lock, ahead of the line: a model load, an unload."""
+        if threading.get_ident() == self._device_thread_id:
+            with self._device_lock:
+                return work()
+        return self._device_thread.submit(self.on_device_now, work).result()
+
+    def _remember_device_thread(self) -> None:
+        self._device_thread_id = threading.get_ident()
+
     @contextmanager
-    def turn(self, job: JobControl) -> Iterator[None]:
-        """Wait in line, then hold the device for the body of the `with`."""
+    def _turn(self, job: JobControl) -> Iterator[None]:
         owner = job.owner
         ticket = _Ticket(owner, job, next(self._arrivals))
         with self._changed:
@@ -67,8 +93,7 @@ class DeviceQueue:
             job.queue_position = None
             self._publish_positions()
         try:
-            with self._device_lock:  # also taken by model loads outside the queue
-                yield
+            yield
         finally:
             with self._changed:
                 self._running = None

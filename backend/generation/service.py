@@ -72,13 +72,16 @@ class GenerationService:
         job.preview_every_n_steps = options.show_progress_every_n_steps if options.live_previews_enable else 0
         started = datetime.now()
         try:
-            with self.queue.turn(job):  # waits while others' jobs run
+            def on_device():
                 loaded = self.manager.load(self._checkpoint_name(request, options))
                 activation = self.networks.activate(loaded, prompt, negative, request.vae or options.sd_vae) \
                     if self.networks else Activation()
                 output = runner(loaded, request, job, device_settings=self.device_settings,
                                 prompt=prompt, negative_prompt=negative,
                                 **activation.runner_kwargs(self.networks.embeddings if self.networks else None))
+                return loaded, activation, output
+
+            loaded, activation, output = self.queue.run(job, on_device)  # waits while others' jobs run
             directory = self.output_dir(getattr(options, outdir_option), options)
             paths = self._save(output, request, loaded, prompt, negative, options, started, directory) \
                 if request.save_images else []
