@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import threading
 import time
@@ -32,18 +31,9 @@ from backend.app_context import AppPaths, build_app_context  # noqa: E402
 from backend.devices import DeviceSettings  # noqa: E402
 from backend.generation.job import JobControl  # noqa: E402
 from backend.generation.request import Txt2ImgRequest  # noqa: E402
+from tests.bench_txt2img import median_seconds  # noqa: E402
 from tests.fixtures.launched import free_port  # noqa: E402
 from tests.fixtures.tiny_checkpoints import TinySpec, write_checkpoint  # noqa: E402
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -87,8 +77,8 @@ def main() -> None:
         assert response.status_code == 200, response.text
 
     with httpx.Client() as client:
-        direct_s = _median_seconds(direct, args.repeats)
-        http_s = _median_seconds(lambda: over_http(client), args.repeats)
+        direct_s = median_seconds(direct, args.repeats)
+        http_s = median_seconds(lambda: over_http(client), args.repeats)
     print(f"one {args.size}px {args.steps}-step job: service {direct_s * 1000:.1f} ms, "
           f"HTTP API {http_s * 1000:.1f} ms")
     print(f"overhead    ratio {http_s / direct_s:.3f}  (+{(http_s - direct_s) * 1000:.1f} ms per request)")

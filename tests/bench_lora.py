@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from backend.app_context import AppPaths, build_app_context  # noqa: E402
 from backend.devices import DeviceSettings  # noqa: E402
 from tests.fixtures.tiny_checkpoints import TinySpec, write_checkpoint  # noqa: E402
-from tests.bench_txt2img import _time  # noqa: E402  (median after a warm-up)
+from tests.bench_txt2img import median_seconds  # noqa: E402  (median after a warm-up)
 from tests.fixtures.tiny_networks import write_kohya_lora  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def main() -> None:
         ctx.manager.unload_all()
         ctx.manager.load(name)
 
-    t_reload = _time(reload, max(1, args.repeats // 2))
+    t_reload = median_seconds(reload, max(1, args.repeats // 2))
     unet_params = sum(p.numel() for p in loaded.pipe.unet.parameters()) / 1e6
     print(f"device {device.device}, checkpoint {name} (UNet {unet_params:.1f}M params), LoRA rank {args.rank}")
     print(f"apply {t_apply * 1000:.1f} ms + remove {t_remove * 1000:.1f} ms vs reload {t_reload * 1000:.1f} ms: "

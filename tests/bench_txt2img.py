@@ -29,7 +29,8 @@ from backend.generation.request import Txt2ImgRequest  # noqa: E402
 from tests.fixtures.tiny_checkpoints import TinySpec, write_checkpoint  # noqa: E402
 
 
-def _time(fn, repeats: int) -> float:
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of `fn` over `repeats` runs, after one warm-up run."""
     fn()  # warm-up
     samples = []
     for _ in range(repeats):
@@ -86,8 +87,8 @@ def main() -> None:
         pipe("a red circle", negative_prompt="blurry", num_inference_steps=args.steps, guidance_scale=7.0,
              width=args.size, height=args.size, latents=latents.to(device.device, device.dtype))
 
-    t_ours = _time(ours, args.repeats)
-    t_bare = _time(bare, args.repeats)
+    t_ours = median_seconds(ours, args.repeats)
+    t_bare = median_seconds(bare, args.repeats)
 
     # --- warm swap between two cached checkpoints
     ctx.manager.load("b")
