@@ -170,3 +170,14 @@ def test_a_finished_job_reports_no_queue_position():
     job.queue_position = 2
     job.finish()
     assert job.snapshot().queue_position is None
+
+
+def test_closing_interrupts_the_running_job_and_drops_the_waiting_ones():
+    line = Line()
+    running = line.submit("a1", "alice")
+    waiting = line.submit("b1", "bob")
+    line.queue.close()
+    until(lambda: "b1" in line.outcomes)
+    assert running.interrupted and line.outcomes["b1"] == "interrupted while queued"
+    line.finish("a1")  # the work itself sees the interrupt at its next step; here it just ends
+    assert line.ran == ["a1"] and waiting.interrupted

@@ -52,7 +52,10 @@ def serve_studio(args: argparse.Namespace) -> None:
 
         app = FastAPI(title="Stable Diffusion Studio API")
         app.include_router(create_api_router(ctx, api_auth), prefix="/sdapi/v1")
-        uvicorn.run(app, host=host, port=args.port, ssl_keyfile=args.tls_keyfile, ssl_certfile=args.tls_certfile)
+        try:
+            uvicorn.run(app, host=host, port=args.port, ssl_keyfile=args.tls_keyfile, ssl_certfile=args.tls_certfile)
+        finally:
+            ctx.service.queue.close()
         return
 
     from ui.app import CSS, build_ui
@@ -71,4 +74,7 @@ def serve_studio(args: argparse.Namespace) -> None:
     if args.api:
         app.include_router(create_api_router(ctx, api_auth), prefix="/sdapi/v1")
         log.info("API mounted at %s/sdapi/v1%s", local_url.rstrip("/"), " (HTTP Basic auth)" if api_auth else "")
-    demo.block_thread()
+    try:
+        demo.block_thread()  # returns on Ctrl+C
+    finally:
+        ctx.service.queue.close()

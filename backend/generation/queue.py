@@ -99,6 +99,15 @@ class DeviceQueue:
                 self._running = None
                 self._changed.notify_all()
 
+    def close(self) -> None:
+        """At shutdown: interrupt the running job and drop the waiting ones, so the process can exit
+        (the device thread is joined at exit, and a long job would hold it up)."""
+        with self._changed:
+            for ticket in [self._running, *self._waiting]:
+                if ticket is not None:
+                    ticket.job.interrupt()
+        self._device_thread.shutdown(wait=False, cancel_futures=True)
+
     def waiting(self) -> int:
         with self._changed:
             return len(self._waiting)
