@@ -9,46 +9,35 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from backend.generation.job import JobControl
 
-_KEEP_FINISHED = 32  # finished tasks remembered, so a late progress poll still says "done"
 
-
-@dataclass
+@dataclass(eq=False)
 class ApiTask:
     task_id: str
     job: JobControl
-    finished: bool = False
 
 
 class ApiJobs:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._tasks: OrderedDict[str, ApiTask] = OrderedDict()
+        self._tasks: list[ApiTask] = []  # unfinished ones; two clients may force the same task id
 
     def start(self, owner: str, task_id: str | None = None) -> ApiTask:
         """A new task (A1111's `force_task_id` names it); the service sets its live-preview rate."""
         task = ApiTask(task_id or f"task({uuid.uuid4().hex[:15]})", JobControl(owner=owner))
         with self._lock:
-            self._tasks[task.task_id] = task
+            self._tasks.append(task)
         return task
 
     def finish(self, task: ApiTask) -> None:
         with self._lock:
-            task.finished = True
-            finished = [t for t in self._tasks.values() if t.finished]
-            for stale in finished[:-_KEEP_FINISHED]:
-                self._tasks.pop(stale.task_id, None)
+            self._tasks.remove(task)
 
     def active(self, owner: str) -> list[ApiTask]:
         """The owner's unfinished tasks: the running one first, then the queued ones in order."""
         with self._lock:
-            tasks = [t for t in self._tasks.values() if t.job.owner == owner and not t.finished]
+            tasks = [t for t in self._tasks if t.job.owner == owner]
         return sorted(tasks, key=lambda t: -1 if t.job.queue_position is None else t.job.queue_position)
-
-    def get(self, task_id: str) -> ApiTask | None:
-        with self._lock:
-            return self._tasks.get(task_id)
