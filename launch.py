@@ -49,7 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tls-keyfile", default=None)
     p.add_argument("--tls-certfile", default=None)
     p.add_argument("--disable-tls-verify", action="store_true",
-                   help="accept a self-signed certificate (the server checks its own URL at start)")
+                   help="accepted for A1111 command lines; the studio never calls its own URL, so it changes nothing")
+    p.add_argument("--cors-allow-origins", default=None,
+                   help="web origins allowed to call the studio from a browser, comma-separated "
+                        "(e.g. http://localhost:3000,https://my.site); none by default")
+    p.add_argument("--cors-allow-origins-regex", default=None,
+                   help="a regular expression for more allowed origins, e.g. https://.*\\.my\\.site")
     return p.parse_args(argv)
 
 

@@ -17,6 +17,7 @@ from tests.fixtures.launched import ROOT, launch_studio
 from ui.server import exposure_warnings
 
 API_USER, UI_USER = ("bot", "api-pw"), ("artist", "ui-pw")
+TOOL_SITE = "https://tool.example"  # a web page allowed to call the studio (--cors-allow-origins)
 
 
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
@@ -41,7 +42,8 @@ def guarded_studio(tmp_path_factory, checkpoint_dir):
     (outputs / "00001-1.txt").write_text("an output")
     for url in launch_studio(root, models, "--gradio-auth-path", str(root / "users.txt"),
                              "--api-auth", ":".join(API_USER), "--tls-keyfile", str(key), "--tls-certfile", str(cert),
-                             "--disable-tls-verify"):
+                             "--disable-tls-verify", "--cors-allow-origins", f"{TOOL_SITE},http://localhost:3000",
+                             "--cors-allow-origins-regex", r"https://[a-z]+\.artists\.example", "--subpath", "studio"):
         assert url.startswith("https://")
         yield url.rstrip("/"), root
 
@@ -113,6 +115,39 @@ def test_the_file_route_serves_none_of_the_studios_own_files(logged_in):
     answers = {name: artist.get(path) for name, path in attempts.items()}
     served = {name: (r.status_code, r.text[:80]) for name, r in answers.items() if r.status_code not in (403, 404)}
     assert not served, served  # 401 would only mean the login did not take: not what is tested here
+
+
+def preflight(http: httpx.Client, path: str, origin: str, method: str = "POST") -> httpx.Response:
+    return http.options(path, headers={"Origin": origin, "Access-Control-Request-Method": method,
+                                       "Access-Control-Request-Headers": "authorization,content-type"})
+
+
+def test_only_the_allowed_web_origins_may_call_the_studio_from_a_browser(guarded_studio):
+    url, _ = guarded_studio
+    allowed = [TOOL_SITE, "http://localhost:3000", "https://sketch.artists.example"]  # the list and the regex
+    refused = ["https://evil.example", "https://tool.example.evil.example", "https://sketch.artists.example.evil",
+               "null", "http://localhost:3001"]
+    with client(url) as browser, client(url, auth=API_USER) as bot:
+        for path in ["/sdapi/v1/txt2img", "/gradio_api/queue/join", "/config"]:  # the API and Gradio's routes
+            for origin in allowed:
+                answer = preflight(browser, path, origin)
+                assert answer.status_code == 200, (path, origin)
+                assert answer.headers["access-control-allow-origin"] == origin, (path, origin)
+                assert "authorization" in answer.headers["access-control-allow-headers"].lower()
+            for origin in refused:
+                answer = preflight(browser, path, origin)
+                assert "access-control-allow-origin" not in answer.headers, (path, origin, answer.headers)
+        # A simple request is answered (the browser then hides it), but carries no permission for the page.
+        for origin, allow in [(TOOL_SITE, TOOL_SITE), ("https://evil.example", None)]:
+            progress = bot.get("/sdapi/v1/progress", headers={"Origin": origin})
+            assert progress.status_code == 200
+            assert progress.headers.get("access-control-allow-origin") == allow, origin
+
+
+def test_subpath_makes_the_ui_links_start_with_it(logged_in):
+    artist, _ = logged_in
+    config = artist.get("/config").json()
+    assert config["root"].rstrip("/").endswith("/studio"), config["root"]
 
 
 def test_exposed_without_a_password_warns_plainly_once_per_part():

@@ -3,8 +3,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from backend.api.auth import parse_credentials
+from backend.api.routes import create_api_router
 from backend.app_context import AppPaths, build_app_context
 from backend.devices import DeviceSettings
 
@@ -26,6 +35,78 @@ def exposure_warnings(args: argparse.Namespace, ui_auth: list, api_auth: list) -
     return warnings
 
 
+def listed_origins(value: str | None) -> list[str]:
+    """A1111's form: a comma-separated list with no spaces (spaces are forgiven)."""
+    return [origin.strip() for origin in (value or "").split(",") if origin.strip()]
+
+
+def build_http_app(ctx, args: argparse.Namespace, ui_auth: list, api_auth: list) -> FastAPI:
+    """One FastAPI app: CORS outermost, then the API routes, then the Gradio UI mounted at the root."""
+    documented = args.api or args.nowebui
+    app = FastAPI(title="Stable Diffusion Studio", docs_url="/docs" if documented else None,
+                  redoc_url="/redoc" if documented else None, openapi_url="/openapi.json" if documented else None)
+    # Always installed, even allowing no origin: with a CORS middleware on the parent app, Gradio leaves CORS
+    # to it, and Gradio's own policy lets any web site call a server reached by a non-localhost name.
+    app.add_middleware(CORSMiddleware, allow_origins=listed_origins(args.cors_allow_origins),
+                       allow_origin_regex=args.cors_allow_origins_regex, allow_methods=["*"], allow_headers=["*"],
+                       allow_credentials=True)
+    if documented:
+        app.include_router(create_api_router(ctx, api_auth), prefix="/sdapi/v1")
+    if not args.nowebui:
+        import gradio as gr
+
+        from ui.app import CSS, build_ui
+
+        # A folder path typed into the page is read on this machine: not for visitors of a shared link.
+        exposed = args.share or args.listen
+        demo = build_ui(ctx, allow_folders=not (exposed or args.hide_ui_dir_config))
+        demo.queue(default_concurrency_limit=None)
+        # Mounted last: the root mount would otherwise answer for /sdapi and /docs too.
+        gr.mount_gradio_app(app, demo, path="/", auth=ui_auth or None, css=CSS, footer_links=["api", "settings"],
+                            root_path=f"/{args.subpath.strip('/')}" if args.subpath else None,
+                            server_name=server_host(args), server_port=args.port)
+    return app
+
+
+def server_host(args: argparse.Namespace) -> str:
+    return "0.0.0.0" if args.listen else "127.0.0.1"
+
+
+class StudioServer(uvicorn.Server):
+    """uvicorn's server; on Ctrl+C it first stops the device queue, so requests waiting on a job can end."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig, frame) -> None:
+        # A thread, because a signal handler must not wait on a lock the interrupted code may hold.
+        threading.Thread(target=self.on_exit, name="queue-close", daemon=True).start()
+        super().handle_exit(sig, frame)
+
+
+def announce_when_started(server: StudioServer, args: argparse.Namespace, api_auth: list) -> None:
+    """Say where the studio answers once it does, and open the public link if asked."""
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.1)
+    scheme = "https" if args.tls_certfile else "http"
+    local_url = f"{scheme}://127.0.0.1:{args.port}"
+    log.info("Running on local URL: %s/", local_url)
+    if args.api or args.nowebui:
+        log.info("API at %s/sdapi/v1 (docs at /docs)%s", local_url, " with HTTP Basic auth" if api_auth else "")
+    if args.share and not args.nowebui:
+        from gradio import networking
+
+        try:
+            public = networking.setup_tunnel("127.0.0.1", args.port, secrets.token_urlsafe(32), None, None)
+        except Exception as error:  # noqa: BLE001 - the tunnel's failures are many; the local server goes on
+            log.error("Could not create the public link (%s); the studio is still served at %s/", error, local_url)
+            return
+        log.info("Running on public URL: %s", public)
+
+
 def serve_studio(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     device = DeviceSettings.from_flags(args.device, args.no_half, args.lowvram, args.medvram)
@@ -42,39 +123,16 @@ def serve_studio(args: argparse.Namespace) -> None:
              sum(1 for e in ctx.manager.checkpoints() if e.error is None))
     for warning in exposure_warnings(args, ui_auth, api_auth):
         log.warning(warning)
-    host = "0.0.0.0" if args.listen else "127.0.0.1"
-
-    from backend.api.routes import create_api_router
-
-    if args.nowebui:
-        import uvicorn
-        from fastapi import FastAPI
-
-        app = FastAPI(title="Stable Diffusion Studio API")
-        app.include_router(create_api_router(ctx, api_auth), prefix="/sdapi/v1")
-        try:
-            uvicorn.run(app, host=host, port=args.port, ssl_keyfile=args.tls_keyfile, ssl_certfile=args.tls_certfile)
-        finally:
-            ctx.service.queue.close()
-        return
-
-    from ui.app import CSS, build_ui
-
-    # A folder path typed into the page is read on this machine: not for visitors of a shared link.
-    exposed = args.share or args.listen
-    demo = build_ui(ctx, allow_folders=not (exposed or args.hide_ui_dir_config))
-    demo.queue(default_concurrency_limit=None)
-    app, local_url, share_url = demo.launch(
-        server_name=host, server_port=args.port, share=args.share, prevent_thread_lock=True,
-        auth=ui_auth or None, ssl_keyfile=args.tls_keyfile, ssl_certfile=args.tls_certfile,
-        ssl_verify=not args.disable_tls_verify,
-        root_path=f"/{args.subpath.strip('/')}" if args.subpath else None,
-        app_kwargs={"docs_url": "/docs", "redoc_url": "/redoc"} if args.api else None,  # Gradio turns them off
-        css=CSS, quiet=False, footer_links=["api", "settings"])
-    if args.api:
-        app.include_router(create_api_router(ctx, api_auth), prefix="/sdapi/v1")
-        log.info("API mounted at %s/sdapi/v1%s", local_url.rstrip("/"), " (HTTP Basic auth)" if api_auth else "")
+    app = build_http_app(ctx, args, ui_auth, api_auth)
+    config = uvicorn.Config(app, host=server_host(args), port=args.port, ssl_keyfile=args.tls_keyfile,
+                            ssl_certfile=args.tls_certfile, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=10)
+    server = StudioServer(config, on_exit=ctx.service.queue.close)
+    threading.Thread(target=announce_when_started, args=(server, args, api_auth), name="announce",
+                     daemon=True).start()
     try:
-        demo.block_thread()  # returns on Ctrl+C
+        server.run()
+    except KeyboardInterrupt:
+        pass  # uvicorn raises Ctrl+C again once it has shut down: a normal way to stop
     finally:
         ctx.service.queue.close()
