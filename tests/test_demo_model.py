@@ -12,12 +12,12 @@ from backend.demo_model.evaluate import DemoEvaluator, held_out_prompts
 from backend.demo_model.scenes import HELD_OUT
 from backend.devices import DeviceSettings
 
-# The shipped model reaches the colour and shape bars on held-out pairs (92% / 71% at CFG 7), but it
-# follows its prompts about as well without guidance (96% / 67% at CFG 1), and a colourless "a circle" is
-# never red (its captions always named a colour), so a negative "red" has nothing to remove. Issue 3 has
-# the numbers. strict: the day a retrained model passes, these turn into failures to un-mark.
+# The shipped model draws the held-out colours (100% at CFG 7) but their shapes in fewer than half the
+# pictures (42%), and it ignores position and background about as much without guidance as with it, so
+# CFG 7 scores no better than CFG 1. Issue 3 has the numbers. strict: the day a retrained model passes,
+# these turn into failures to un-mark.
+SHAPES_BELOW_BAR = pytest.mark.xfail(strict=True, reason="held-out shape adherence is under 70% (issue 3)")
 NO_CFG_GAIN = pytest.mark.xfail(strict=True, reason="CFG 7 is not clearly better than CFG 1 (issue 3)")
-NO_RED_TO_REMOVE = pytest.mark.xfail(strict=True, reason="'a circle' is never red on this model (issue 3)")
 
 
 def test_demo_file_is_small_and_carries_its_model_card():
@@ -60,23 +60,29 @@ def adherence(evaluator):
     return evaluator.adherence(prompts, cfg=7.0), evaluator.adherence(prompts, cfg=1.0)
 
 
-def test_held_out_colours_and_shapes_follow_the_prompt(adherence):
+def test_held_out_colours_follow_the_prompt(adherence):
     at7, _ = adherence
     assert at7.count >= 24
     assert at7.colour >= 0.9, f"colour adherence {at7.colour:.0%}"
+
+
+@SHAPES_BELOW_BAR
+def test_held_out_shapes_follow_the_prompt(adherence):
+    at7, _ = adherence
     assert at7.shape >= 0.7, f"shape adherence {at7.shape:.0%}"
 
 
 @NO_CFG_GAIN
 def test_cfg_matters(adherence):
     at7, at1 = adherence
-    assert at7.colour + at7.shape >= at1.colour + at1.shape + 0.3, (at7, at1)
+    # Every attribute the prompts name: colour, shape, and in the long prompts position and background.
+    assert at7.whole_prompt >= at1.whole_prompt + 0.1, (at7, at1)
 
 
-@NO_RED_TO_REMOVE
 def test_negative_prompt_removes_red(evaluator):
-    effect = evaluator.negative_prompt_effect(seeds=24)
+    effect = evaluator.negative_prompt_effect(seeds=48)
     assert effect["red_images_with_negative"] < effect["red_images_without"], effect
+    assert effect["red_family_with_negative"] <= 0.5 * effect["red_family_without"], effect
     assert effect["red_share_with_negative"] < 0.5 * effect["red_share_without"], effect
 
 

@@ -8,9 +8,15 @@
   (area / convex-hull area) under 0.8 is a star; otherwise the spread of the
   outline's distance from the centroid (std/mean) tells circle (~0.01),
   square (~0.11) and triangle (~0.22) apart. Rotation does not change these.
-- Prompts: colour x shape pairs held out of training, each said two ways.
-- CFG: the same prompts at CFG 1 must score clearly lower than at CFG 7.
-- Negative prompt: "a circle" with and without the negative prompt "red".
+- Position: the foreground's centroid is nearest the named position's point.
+- Background: the border's median colour is nearest the named background.
+- Prompts: colour x shape pairs held out of training, each said two ways:
+  briefly, and with size, position and background.
+- Whole-prompt adherence: the share of all attributes the prompts name
+  (colour, shape, and in the long prompts position and background) that
+  the pictures show. CFG 1 must score clearly lower on it than CFG 7.
+- Negative prompt: "a circle" with and without the negative prompt "red": red
+  images, images in red's family (red, orange, pink, brown), red pixels.
 """
 from __future__ import annotations
 
@@ -21,23 +27,42 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from backend.demo_model.scenes import BACKGROUNDS, COLOURS, HELD_OUT
+from backend.demo_model.scenes import BACKGROUNDS, COLOURS, HELD_OUT, POSITIONS, SIZES
 
 PALETTE_NAMES = list(COLOURS)
 PALETTE = np.array([COLOURS[n] for n in PALETTE_NAMES], dtype=np.float32)
 FOREGROUND_DISTANCE = 60.0  # RGB distance from the background that counts as foreground
 MIN_FOREGROUND = 0.01  # below this share of pixels, nothing was drawn
+# Red and its neighbours on the hue circle: in a 12-colour palette a reddish picture often lands on one of
+# these, so a negative "red" must empty the whole family, not only the one name.
+RED_FAMILY = frozenset({"red", "orange", "pink", "brown"})
 
 
 def nearest_colour(rgb: np.ndarray) -> str:
     return PALETTE_NAMES[int(np.argmin(((PALETTE - rgb) ** 2).sum(axis=1)))]
 
 
+def _border_median(pixels: np.ndarray) -> np.ndarray:
+    return np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]), axis=0)
+
+
 def foreground_mask(image: Image.Image) -> np.ndarray:
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    background = np.median(border, axis=0)
-    return np.sqrt(((pixels - background) ** 2).sum(axis=2)) > FOREGROUND_DISTANCE
+    return np.sqrt(((pixels - _border_median(pixels)) ** 2).sum(axis=2)) > FOREGROUND_DISTANCE
+
+
+def background_colour(image: Image.Image) -> str:
+    return nearest_colour(_border_median(np.asarray(image.convert("RGB"), dtype=np.float32)))
+
+
+def position_of(image: Image.Image) -> str | None:
+    """The named position nearest the foreground's centroid."""
+    mask = foreground_mask(image)
+    if mask.mean() < MIN_FOREGROUND:
+        return None
+    rows, cols = np.where(mask)
+    x, y = cols.mean() / mask.shape[1], rows.mean() / mask.shape[0]
+    return min(POSITIONS, key=lambda name: (POSITIONS[name][0] - x) ** 2 + (POSITIONS[name][1] - y) ** 2)
 
 
 def dominant_colour(image: Image.Image) -> str | None:
@@ -131,16 +156,28 @@ def reconstruction_scores(vae, count: int = 48, seed: int = 123, size: int = 128
     with torch.no_grad():
         pixels = to_tensor([render(s, size) for s in scenes]).to(vae.device, vae.dtype)
         decoded = to_images(vae.decode(vae.encode(pixels).latent_dist.mean).sample)
-    return score(decoded, [(s.colour, s.shape) for s in scenes])
+    return score(decoded, [Expected(s.colour, s.shape, s.position, s.background) for s in scenes])
 
 
-def held_out_prompts() -> list[tuple[str, str, str]]:
-    """(prompt, colour, shape): every held-out pair, said briefly and in full."""
+@dataclass(frozen=True)
+class Expected:
+    """What a prompt names; position and background only when it names them."""
+    colour: str
+    shape: str
+    position: str | None = None
+    background: str | None = None
+
+
+def held_out_prompts() -> list[tuple[str, Expected]]:
+    """(prompt, what it names): every held-out pair, said briefly and in full."""
     prompts = []
     for i, (colour, shape) in enumerate(sorted(HELD_OUT)):
         background = [b for b in BACKGROUNDS if b != colour][i % (len(BACKGROUNDS) - 1)]
-        prompts.append((f"a {colour} {shape}", colour, shape))
-        prompts.append((f"a large {colour} {shape} in the centre on a {background} background", colour, shape))
+        position, size = list(POSITIONS)[i % len(POSITIONS)], list(SIZES)[i % len(SIZES)]
+        where = "in the centre" if position == "centre" else f"at the {position}"
+        prompts.append((f"a {colour} {shape}", Expected(colour, shape)))
+        prompts.append((f"a {size} {colour} {shape} {where} on a {background} background",
+                        Expected(colour, shape, position, background)))
     return prompts
 
 
@@ -149,12 +186,23 @@ class Scores:
     colour: float
     shape: float
     count: int
+    position: float | None = None  # over the prompts that name one
+    background: float | None = None
+    whole_prompt: float = 0.0  # share of every named attribute, all prompts together
 
 
-def score(images: list[Image.Image], expected: list[tuple[str, str]]) -> Scores:
-    colour_hits = sum(dominant_colour(im) == c for im, (c, _) in zip(images, expected))
-    shape_hits = sum(classify_shape(im) == s for im, (_, s) in zip(images, expected))
-    return Scores(colour=colour_hits / len(images), shape=shape_hits / len(images), count=len(images))
+def _share(hits: list[bool]) -> float | None:
+    return sum(hits) / len(hits) if hits else None
+
+
+def score(images: list[Image.Image], expected: list[Expected]) -> Scores:
+    colour = [dominant_colour(im) == e.colour for im, e in zip(images, expected)]
+    shape = [classify_shape(im) == e.shape for im, e in zip(images, expected)]
+    position = [position_of(im) == e.position for im, e in zip(images, expected) if e.position]
+    background = [background_colour(im) == e.background for im, e in zip(images, expected) if e.background]
+    named = colour + shape + position + background
+    return Scores(colour=_share(colour), shape=_share(shape), count=len(images), position=_share(position),
+                  background=_share(background), whole_prompt=_share(named))
 
 
 class DemoEvaluator:
@@ -180,16 +228,19 @@ class DemoEvaluator:
         return run_txt2img(self.loaded, request, JobControl(), device_settings=self.device, prompt=prompt,
                            negative_prompt=negative).images[0]
 
-    def adherence(self, prompts: list[tuple[str, str, str]], cfg: float, seed: int = 1000) -> Scores:
-        images = [self.generate(p, seed + i, cfg) for i, (p, _, _) in enumerate(prompts)]
-        return score(images, [(c, s) for _, c, s in prompts])
+    def adherence(self, prompts: list[tuple[str, Expected]], cfg: float, seed: int = 1000) -> Scores:
+        images = [self.generate(p, seed + i, cfg) for i, (p, _) in enumerate(prompts)]
+        return score(images, [e for _, e in prompts])
 
-    def negative_prompt_effect(self, seeds: int = 32, seed: int = 5000) -> dict[str, float]:
+    def negative_prompt_effect(self, seeds: int = 48, seed: int = 5000) -> dict[str, float]:
         plain = [self.generate("a circle", seed + i) for i in range(seeds)]
         negated = [self.generate("a circle", seed + i, negative="red") for i in range(seeds)]
+        plain_colours, negated_colours = map(lambda images: [dominant_colour(im) for im in images], (plain, negated))
         return {
-            "red_images_without": sum(dominant_colour(im) == "red" for im in plain),
-            "red_images_with_negative": sum(dominant_colour(im) == "red" for im in negated),
+            "red_images_without": plain_colours.count("red"),
+            "red_images_with_negative": negated_colours.count("red"),
+            "red_family_without": sum(c in RED_FAMILY for c in plain_colours),
+            "red_family_with_negative": sum(c in RED_FAMILY for c in negated_colours),
             "red_share_without": float(np.mean([colour_share(im, "red") for im in plain])),
             "red_share_with_negative": float(np.mean([colour_share(im, "red") for im in negated])),
         }
@@ -210,8 +261,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"held-out prompts: {len(prompts)} ({len(HELD_OUT)} colour x shape pairs never seen in training)")
     print(f"colour adherence  CFG 7: {at7.colour:.0%}   CFG 1: {at1.colour:.0%}   (goal >= 90% at CFG 7)")
     print(f"shape adherence   CFG 7: {at7.shape:.0%}   CFG 1: {at1.shape:.0%}   (goal >= 70% at CFG 7)")
-    print(f"'a circle', {32} seeds: red images {negative['red_images_without']} without, "
-          f"{negative['red_images_with_negative']} with negative prompt 'red'; red pixel share "
+    print(f"position (long prompts)    CFG 7: {at7.position:.0%}   CFG 1: {at1.position:.0%}")
+    print(f"background (long prompts)  CFG 7: {at7.background:.0%}   CFG 1: {at1.background:.0%}")
+    print(f"whole prompt      CFG 7: {at7.whole_prompt:.0%}   CFG 1: {at1.whole_prompt:.0%}   (goal: clearly higher at 7)")
+    print(f"'a circle', 48 seeds: red images {negative['red_images_without']} without, "
+          f"{negative['red_images_with_negative']} with negative prompt 'red'; red, orange, pink or brown "
+          f"{negative['red_family_without']} -> {negative['red_family_with_negative']}; red pixel share "
           f"{negative['red_share_without']:.3f} -> {negative['red_share_with_negative']:.3f}")
 
 

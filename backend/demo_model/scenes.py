@@ -53,15 +53,19 @@ class Scene:
     jitter: tuple[float, float] = (0.0, 0.0)  # small offset of the centre, in image widths
     rotation: float = 0.0  # radians; squares, triangles and stars turn a little
 
-    def caption(self, detail: int = 3) -> str:
-        """detail 0: "a red star"; 1: + size; 2: + position; 3: + background."""
+    def caption(self, colour: bool = True, shape: bool = True, size: bool = True, position: bool = True,
+                background: bool = True) -> str:
+        """The scene in words, naming only the chosen attributes: "a red star", "a star",
+        "a red shape", "a small star at the top left on a blue background"."""
         words = ["a"]
-        if detail >= 1:
+        if size:
             words.append(self.size)
-        words += [self.colour, self.shape]
-        if detail >= 2:
+        if colour:
+            words.append(self.colour)
+        words.append(self.shape if shape else "shape")
+        if position:
             words += ["at the", self.position] if self.position != "centre" else ["in the centre"]
-        if detail >= 3:
+        if background:
             words += ["on a", self.background, "background"]
         return " ".join(words)
 

@@ -25,8 +25,11 @@ so it loads through exactly the code that loads downloaded checkpoints.
    stops there: no UNet draws better than its VAE decodes.
 3. The latent scale is folded into the weights so SD1's fixed scaling factor
    (0.18215) fits, and the training set is encoded once.
-4. UNet + text encoder: epsilon prediction on SD1's noise schedule, captions
-   of varying detail, 10% empty captions so classifier-free guidance works.
+4. UNet + text encoder: epsilon prediction on SD1's noise schedule. Each
+   caption names a random subset of its scene's attributes (colour, shape,
+   size, position, background; see `Recipe.caption_keep`), so "a circle"
+   means a circle of any colour and a negative "red" has red to take away;
+   10% are empty, so classifier-free guidance has an unconditional model.
    The UNet's weights are an exponential moving average. Its outermost level
    is 64 wide for the same GroupNorm reason. Attention runs at 8x8 and 4x4
    only: at 16x16 it cost a third of each step and taught little. A share of
@@ -53,7 +56,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from backend.demo_model.evaluate import reconstruction_scores, to_tensor
-from backend.demo_model.scenes import COLOURS, HELD_OUT, random_scene, render
+from backend.demo_model.scenes import COLOURS, HELD_OUT, Scene, random_scene, render
 from backend.models import architecture as arch
 from backend.models.ldm_export import clip_to_ldm, unet_to_ldm, vae_to_ldm
 from backend.models.loader import tokenizer_for
@@ -82,7 +85,12 @@ class Recipe:
     min_snr_gamma: float = 5.0
     high_noise_share: float = 0.3  # of the noise levels drawn from t in [600, 1000)
     unet_shape_weight: float = 3.0  # loss weight of latent cells at and around the shape (the rest: 1)
-    caption_dropout: float = 0.1
+    caption_dropout: float = 0.1  # empty captions, so classifier-free guidance has an unconditional model
+    # Each attribute is named in a caption with its own chance, so a word like "red" means something alone,
+    # and a caption without a colour ("a circle") draws from all colours: a negative prompt then has
+    # something to take away, and guidance something to add.
+    caption_keep: tuple[tuple[str, float], ...] = (("colour", 0.8), ("shape", 0.8), ("size", 0.5),
+                                                    ("position", 0.5), ("background", 0.5))
     ema_decay: float = 0.999
 
 
@@ -156,9 +164,33 @@ def fold_latent_scale(vae: AutoencoderKL, images: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- UNet + text encoder
 
 
+class CaptionSampler:
+    """Token ids of captions naming a random subset of each scene's attributes (or nothing at all)."""
+
+    def __init__(self, scenes: list[Scene], recipe: Recipe):
+        self.scenes = scenes
+        self.attributes = [name for name, _ in recipe.caption_keep]
+        self.keep = torch.tensor([chance for _, chance in recipe.caption_keep])
+        self.dropout = recipe.caption_dropout
+        self.tokenizer = tokenizer_for(ModelFamily.SD1, "tokenizer")
+        self.ids: dict[str, torch.Tensor] = {}
+
+    def _token_ids(self, caption: str) -> torch.Tensor:
+        if caption not in self.ids:
+            self.ids[caption] = self.tokenizer(caption, padding="max_length", max_length=77, truncation=True,
+                                               return_tensors="pt").input_ids[0]
+        return self.ids[caption]
+
+    def __call__(self, index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        keep = torch.rand(len(index), len(self.attributes), generator=gen) < self.keep
+        empty = torch.rand(len(index), generator=gen) < self.dropout
+        captions = ["" if empty[row] else self.scenes[i].caption(**dict(zip(self.attributes, keep[row].tolist())))
+                    for row, i in enumerate(index.tolist())]
+        return torch.stack([self._token_ids(c) for c in captions])
+
+
 @torch.no_grad()
 def build_dataset(recipe: Recipe, vae: AutoencoderKL, rng: random.Random, started: float):
-    tokenizer = tokenizer_for(ModelFamily.SD1, "tokenizer")
     scenes = [random_scene(rng) for _ in range(recipe.scenes)]
     latents, masks = [], []
     for i in range(0, len(scenes), 64):
@@ -168,11 +200,7 @@ def build_dataset(recipe: Recipe, vae: AutoencoderKL, rng: random.Random, starte
         masks.append(F.max_pool2d(F.max_pool2d(shape_mask(images, scenes[i:i + 64]), 8), 3, stride=1, padding=1))
         if i % 6400 == 0:
             log(f"encoded {i}/{len(scenes)} scenes", started)
-    captions = [[s.caption(d) for d in range(4)] for s in scenes]
-    flat = [c for group in captions for c in group] + [""]
-    ids = tokenizer(flat, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    caption_ids = ids[:-1].view(len(scenes), 4, 77)
-    return torch.cat(latents), torch.cat(masks), caption_ids, ids[-1]
+    return torch.cat(latents), torch.cat(masks), scenes
 
 
 def noise_levels(recipe: Recipe, count: int, steps: int, gen: torch.Generator) -> torch.Tensor:
@@ -182,8 +210,8 @@ def noise_levels(recipe: Recipe, count: int, steps: int, gen: torch.Generator) -
     return torch.where(torch.rand(count, generator=gen) < recipe.high_noise_share, high, uniform)
 
 
-def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor, caption_ids: torch.Tensor,
-               empty_ids: torch.Tensor, started: float):
+def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor, scenes: list[Scene],
+               started: float):
     gen = torch.Generator().manual_seed(recipe.seed + 1)
     torch.manual_seed(recipe.seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
@@ -195,13 +223,11 @@ def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor,
     opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.unet_lr, total_steps=recipe.unet_steps,
                                                 pct_start=0.03)
+    captions = CaptionSampler(scenes, recipe)
     n = latents.shape[0]
     for step in range(recipe.unet_steps):
         index = torch.randint(0, n, (recipe.unet_batch,), generator=gen)
-        detail = torch.randint(0, 4, (recipe.unet_batch,), generator=gen)
-        ids = caption_ids[index, detail]
-        drop = torch.rand(recipe.unet_batch, generator=gen) < recipe.caption_dropout
-        ids[drop] = empty_ids
+        ids = captions(index, gen)
         x0 = latents[index]
         noise = torch.randn(x0.shape, generator=gen)
         t = noise_levels(recipe, recipe.unet_batch, len(alphas), gen)
@@ -280,9 +306,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("the VAE is below its bar; no UNet trained on it could follow prompts. Nothing saved.")
     probe = to_tensor([render(random_scene(rng), RESOLUTION) for _ in range(64)])
     log(f"latent scale folded into the VAE: x{fold_latent_scale(vae, probe):.3f}", started)
-    latents, shape_cells, caption_ids, empty_ids = build_dataset(recipe, vae, rng, started)
+    latents, shape_cells, scenes = build_dataset(recipe, vae, rng, started)
     log(f"latent std after scaling {latents.std().item():.3f}", started)
-    unet, text_encoder = train_unet(recipe, latents, shape_cells, caption_ids, empty_ids, started)
+    unet, text_encoder = train_unet(recipe, latents, shape_cells, scenes, started)
     seconds = time.monotonic() - started
     card = model_card(recipe, seconds) | {"studio.vae_reconstruction": json.dumps(asdict(vae_scores))}
     save(args.out, unet, vae, text_encoder, card)
