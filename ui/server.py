@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from backend.api.auth import parse_credentials
 from backend.api.routes import create_api_router
-from backend.app_context import AppPaths, build_app_context
+from backend.app_context import AppContext, AppPaths, build_app_context
 from backend.devices import DeviceSettings
 
 log = logging.getLogger("studio")
@@ -40,7 +40,7 @@ def listed_origins(value: str | None) -> list[str]:
     return [origin.strip() for origin in (value or "").split(",") if origin.strip()]
 
 
-def build_http_app(ctx, args: argparse.Namespace, ui_auth: list, api_auth: list) -> FastAPI:
+def build_http_app(ctx: AppContext, args: argparse.Namespace, ui_auth: list, api_auth: list) -> FastAPI:
     """One FastAPI app: CORS outermost, then the API routes, then the Gradio UI mounted at the root."""
     documented = args.api or args.nowebui
     app = FastAPI(title="Stable Diffusion Studio", docs_url="/docs" if documented else None,
