@@ -235,7 +235,8 @@ class DemoEvaluator:
     def negative_prompt_effect(self, seeds: int = 48, seed: int = 5000) -> dict[str, float]:
         plain = [self.generate("a circle", seed + i) for i in range(seeds)]
         negated = [self.generate("a circle", seed + i, negative="red") for i in range(seeds)]
-        plain_colours, negated_colours = map(lambda images: [dominant_colour(im) for im in images], (plain, negated))
+        plain_colours = [dominant_colour(im) for im in plain]
+        negated_colours = [dominant_colour(im) for im in negated]
         return {
             "red_images_without": plain_colours.count("red"),
             "red_images_with_negative": negated_colours.count("red"),
