@@ -5,12 +5,16 @@ import numpy as np
 import pytest
 import torch
 
+from backend.app_context import DEMO_CHECKPOINT
+from backend.devices import DeviceSettings
 from backend.generation.request import Txt2ImgRequest
+from backend.models.manager import ModelManager
 from backend.networks.embeddings import EmbeddingStore
 from backend.prompts.conditioning import PromptEncoder
 from tests.fixtures.tiny_networks import write_embedding
 
 SD1 = "sd1.safetensors"
+CPU = DeviceSettings(device=torch.device("cpu"), dtype=torch.float32)
 
 
 @pytest.fixture
@@ -37,14 +41,34 @@ def test_plain_prompts_encode_exactly_as_diffusers_does(app_context, checkpoint)
     assert torch.equal(ours.embeds, embeds)
 
 
-def test_weight_one_equals_no_weight_and_other_weights_change_only_their_tokens(pipe):
+def test_weight_one_equals_no_weight_and_other_weights_change_only_their_tokens():
+    # The demo model's text encoder was trained, so its outputs have a mean worth restoring.
+    pipe = ModelManager([DEMO_CHECKPOINT.parent], CPU).load(DEMO_CHECKPOINT.name).pipe
     encoder = PromptEncoder(pipe)
     plain = encoder.encode("a red star").embeds
     assert torch.equal(encoder.encode("a (red:1.0) star").embeds, plain)
     heavy = encoder.encode("a (red:1.5) star").embeds
-    assert not torch.equal(heavy, plain)
-    # mean restored: the chunk's mean is what it was before weighting
+    ratio = heavy / plain
+    red = 2  # <start> a red star
+    others = torch.cat([ratio[0, :red], ratio[0, red + 1:]])
+    # every vector is scaled by one common factor (the mean restored), and "red" by 1.5 more
+    torch.testing.assert_close(others, torch.full_like(others, others[0, 0].item()), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(ratio[0, red], torch.full_like(ratio[0, red], 1.5 * others[0, 0].item()),
+                               rtol=1e-3, atol=1e-3)
+    assert others[0, 0] != 1
     torch.testing.assert_close(heavy.mean(), plain.mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_emphasis_on_an_encoder_with_centred_outputs_scales_only_its_tokens(pipe):
+    # The tiny test encoder's final LayerNorm has no bias, so its outputs' mean is rounding noise:
+    # restoring it used to flip every vector's sign or overflow to inf.
+    encoder = PromptEncoder(pipe)
+    plain = encoder.encode("a red star").embeds
+    for weight in (0.5, 1.5):
+        weighted = encoder.encode(f"a (red:{weight}) star").embeds
+        assert torch.isfinite(weighted).all()
+        torch.testing.assert_close(weighted[0, 2], plain[0, 2] * weight)
+        assert torch.equal(weighted[0, 3:], plain[0, 3:]) and torch.equal(weighted[0, :2], plain[0, :2])
 
 
 def test_long_prompts_become_chunks_and_their_last_chunk_matters(app_context, pipe):

@@ -107,12 +107,26 @@ class PromptEncoder:
             hidden = model.final_layer_norm(states[-min(self.clip_skip, len(states) - 1)])
         weights = chunk_weights(chunk)
         if any(w != 1.0 for w in weights):
-            # A1111's emphasis: scale each token, then restore the chunk's mean.
-            original_mean = hidden.float().mean()
-            hidden = hidden * torch.tensor(weights, device=device, dtype=hidden.dtype)[None, :, None]
-            hidden = hidden * (original_mean / hidden.float().mean()).to(hidden.dtype)
+            hidden = _emphasised(hidden, torch.tensor(weights, device=device, dtype=hidden.dtype))
         pooled = getattr(output, "text_embeds", None) if encoder.pooled else None
         return hidden.to(model.dtype), pooled
+
+
+def _emphasised(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A1111's emphasis: scale each token's vector by its weight, then restore the chunk's mean.
+
+    The mean is restored only where it means something. An encoder whose outputs are centred (a final
+    LayerNorm without bias, as in freshly made test models) has a mean that is rounding noise: the
+    ratio of two such means is arbitrary, and can flip the sign of every vector or overflow to inf.
+    There only the weights apply, as in A1111's "No norm" emphasis mode.
+    """
+    original_mean = hidden.float().mean()
+    weighted = hidden * weights[None, :, None]
+    ratio = original_mean / weighted.float().mean()
+    centred = original_mean.abs() < 1e-4 * hidden.float().abs().mean()
+    if centred or not torch.isfinite(ratio) or ratio <= 0:
+        return weighted
+    return weighted * ratio.to(hidden.dtype)
 
 
 @contextmanager
