@@ -67,6 +67,31 @@ def test_v_prediction_comes_from_the_sidecar_yaml(checkpoint_dir):
     assert loaded.pipe.scheduler.config.prediction_type == "v_prediction"
 
 
+def test_marker_keys_say_v_prediction_and_zero_terminal_snr(tmp_path):
+    """Files trained on v-prediction may carry empty "v_pred" / "ztsnr" tensors (as ComfyUI and Forge read them):
+    the sampler then predicts v and starts from pure noise, at t=999."""
+    from safetensors.torch import load_file
+
+    from backend.generation.samplers import make_scheduler
+
+    path = write_checkpoint(tmp_path / "vpred.safetensors", TinySpec("sd1"), seed=1)
+    save_file(load_file(path) | {"v_pred": torch.zeros(0), "ztsnr": torch.zeros(0)}, str(path))
+    manager = ModelManager([tmp_path], CPU)
+    assert manager.checkpoints()[0].variant.label == "SD1.x v"  # known from the header, before loading
+    loaded = manager.load("vpred")
+    assert loaded.variant.prediction_type == "v_prediction" and loaded.variant.zero_terminal_snr
+    for sampler in ("Euler a", "Euler", "DPM++ 2M"):
+        scheduler = make_scheduler(sampler, "Automatic", loaded.pipe.scheduler.config, loaded.variant.prediction_type)
+        scheduler.set_timesteps(20)
+        assert scheduler.config.prediction_type == "v_prediction"
+        assert int(scheduler.timesteps[0]) == 999, sampler
+        assert float(scheduler.alphas_cumprod[-1]) < 1e-6, sampler  # no signal left at the last step
+    plain = ModelManager([tmp_path / "none"], CPU, builtin=[write_checkpoint(tmp_path / "eps.safetensors",
+                                                                              TinySpec("sd1"), seed=1)])
+    eps = plain.load("eps").variant
+    assert eps.prediction_type == "epsilon" and not eps.zero_terminal_snr
+
+
 def test_hash_is_sha256_prefix_and_title_names_it(tiny_sd1_file, checkpoint_dir, tmp_path):
     from backend.models.hashing import HashCache
 

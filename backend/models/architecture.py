@@ -28,6 +28,8 @@ OPENCLIP_SD2 = "cond_stage_model.model."
 CLIP_XL = "conditioner.embedders.0.transformer."
 OPENCLIP_XL = "conditioner.embedders.1.model."
 OPENCLIP_REFINER = "conditioner.embedders.0.model."
+V_PRED_MARKER = "v_pred"  # empty tensors some files carry to say how they were trained
+ZTSNR_MARKER = "ztsnr"
 
 # Every CLIP text encoder in the SD families uses 64-wide attention heads.
 TEXT_HEAD_DIM = 64
@@ -100,12 +102,14 @@ def detect_variant(sd: Mapping, prediction_hint: str | None = None, resolution: 
     else:
         raise UnsupportedCheckpoint(f"the UNet takes {in_channels} input channels; expected 4 (or 9 for inpainting)")
 
-    prediction = "epsilon"
+    # v-prediction checkpoints of any family may carry empty marker tensors "v_pred" (and "ztsnr" when trained
+    # on a zero-terminal-SNR schedule), as ComfyUI and Forge read them; a sidecar .yaml, the user's word, wins.
+    prediction = "v_prediction" if V_PRED_MARKER in keys else "epsilon"
     if family is ModelFamily.SD2 and prediction_hint:
         prediction = prediction_hint
     distilled = _distilled_name(sd) if family is ModelFamily.SDXL else None
     return ModelVariant(family=family, prediction_type=prediction, inpainting=inpainting, distilled=distilled,
-                        resolution=resolution)
+                        resolution=resolution, zero_terminal_snr=ZTSNR_MARKER in keys)
 
 
 def _why_not_a_checkpoint(keys) -> str:
@@ -248,7 +252,7 @@ def unet_config(sd: Mapping, variant: ModelVariant) -> dict:
         time_ids = 6 if variant.family is ModelFamily.SDXL else 5
         config["projection_class_embeddings_input_dim"] = embed_in
         config["addition_time_embed_dim"] = (embed_in - pooled) // time_ids
-    if variant.prediction_type == "v_prediction":
+    if variant.family is ModelFamily.SD2 and variant.prediction_type == "v_prediction":
         config["upcast_attention"] = True  # SD2.1-v needs fp32 attention, as its own config says
         config["sample_size"] = 96
     return config

@@ -55,8 +55,7 @@ def build_pipeline(sd: Mapping[str, torch.Tensor], variant: ModelVariant, dtype:
     unet = assemble(UNet2DConditionModel, unet_cfg, convert_ldm_unet_checkpoint(sd, unet_cfg), dtype)
     vae_cfg = arch.vae_config(sd, variant)
     vae = assemble(AutoencoderKL, vae_cfg, convert_ldm_vae_checkpoint(sd, vae_cfg), dtype)
-    scheduler = EulerDiscreteScheduler.from_config(
-        dict(arch.family_config(family, "scheduler"), prediction_type=variant.prediction_type))
+    scheduler = EulerDiscreteScheduler.from_config(scheduler_config(family, variant))
 
     if family is ModelFamily.SD1:
         text_encoder = _clip(sd, family, arch.CLIP_SD1, dtype)
@@ -80,6 +79,15 @@ def build_pipeline(sd: Mapping[str, torch.Tensor], variant: ModelVariant, dtype:
         text_encoder_2=_open_clip(sd, family, arch.OPENCLIP_REFINER, "text_encoder_2", CLIPTextModelWithProjection, dtype),
         tokenizer=None, tokenizer_2=tokenizer_for(family, "tokenizer_2"), unet=unet, scheduler=scheduler,
         requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+
+
+def scheduler_config(family: ModelFamily, variant: ModelVariant) -> dict:
+    """The family's training noise schedule, as this file's variant was trained on it."""
+    config = dict(arch.family_config(family, "scheduler"), prediction_type=variant.prediction_type)
+    if variant.zero_terminal_snr:
+        # The last step is pure noise, so sampling must start there (Lin et al. 2023: "trailing" spacing).
+        config.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return config
 
 
 def tokenizer_for(family: ModelFamily, part: str) -> CLIPTokenizer:
@@ -139,7 +147,8 @@ def load_diffusers_folder(path: Path, device: DeviceSettings):
               ModelFamily.SDXL if cls is StableDiffusionXLPipeline else
               ModelFamily.SD2 if unet_cfg.cross_attention_dim == 1024 else ModelFamily.SD1)
     variant = ModelVariant(family=family, prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"),
-                           inpainting=unet_cfg.in_channels == 9)
+                           inpainting=unet_cfg.in_channels == 9,
+                           zero_terminal_snr=bool(pipe.scheduler.config.get("rescale_betas_zero_snr", False)))
     return place(pipe, device), variant
 
 

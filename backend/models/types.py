@@ -32,6 +32,7 @@ class ModelVariant:
     inpainting: bool = False  # 9-channel UNet input
     distilled: str | None = None  # "SSD-1B", "Vega", or another reduced SDXL UNet
     resolution: int | None = None  # trained size when the file says so (modelspec.resolution)
+    zero_terminal_snr: bool = False  # trained on a schedule that ends in pure noise (sample from t=999)
 
     @property
     def native_size(self) -> int:
@@ -50,6 +51,8 @@ class ModelVariant:
             name = f"{name} ({self.distilled})"
         if self.family is ModelFamily.SD2:
             name += " v" if self.prediction_type == "v_prediction" else " eps"
+        elif self.prediction_type == "v_prediction":
+            name += " v"
         if self.inpainting:
             name += " inpainting"
         return name
