@@ -55,7 +55,7 @@ def build_pipeline(sd: Mapping[str, torch.Tensor], variant: ModelVariant, dtype:
     unet = assemble(UNet2DConditionModel, unet_cfg, convert_ldm_unet_checkpoint(sd, unet_cfg), dtype)
     vae_cfg = arch.vae_config(sd, variant)
     vae = assemble(AutoencoderKL, vae_cfg, convert_ldm_vae_checkpoint(sd, vae_cfg), dtype)
-    scheduler = EulerDiscreteScheduler.from_config(scheduler_config(family, variant))
+    scheduler = EulerDiscreteScheduler.from_config(scheduler_config(variant))
 
     if family is ModelFamily.SD1:
         text_encoder = _clip(sd, family, arch.CLIP_SD1, dtype)
@@ -81,9 +81,9 @@ def build_pipeline(sd: Mapping[str, torch.Tensor], variant: ModelVariant, dtype:
         requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
 
 
-def scheduler_config(family: ModelFamily, variant: ModelVariant) -> dict:
+def scheduler_config(variant: ModelVariant) -> dict:
     """The family's training noise schedule, as this file's variant was trained on it."""
-    config = dict(arch.family_config(family, "scheduler"), prediction_type=variant.prediction_type)
+    config = dict(arch.family_config(variant.family, "scheduler"), prediction_type=variant.prediction_type)
     if variant.zero_terminal_snr:
         # The last step is pure noise, so sampling must start there (Lin et al. 2023: "trailing" spacing).
         config.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
