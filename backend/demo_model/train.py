@@ -2,6 +2,9 @@
 
     python -m backend.demo_model.train            # about 60 minutes on 2 CPU cores
     python -m backend.demo_model.train --quick    # a few minutes, for trying changes
+    python -m backend.demo_model.train --vae-from backend/demo_model/studio-demo.safetensors --out X
+        # the UNet stage only, on that file's VAE and the full run's scenes: 20 minutes sooner,
+        # to compare UNet recipes (ship what a full run makes)
 
 Same seed, same file: data, initialisation and training order all come from
 `--seed`, and the step counts are fixed (not "train for N minutes").
@@ -52,6 +55,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -82,6 +86,7 @@ class Recipe:
     unet_steps: int = 2900
     unet_batch: int = 24
     unet_lr: float = 6e-4
+    text_encoder_lr: float = 6e-4  # its own rate, to try; lower ones trade colour for shape (issue 3's notes)
     min_snr_gamma: float = 5.0
     high_noise_share: float = 0.3  # of the noise levels drawn from t in [600, 1000)
     unet_shape_weight: float = 3.0  # loss weight of latent cells at and around the shape (the rest: 1)
@@ -219,10 +224,12 @@ def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor,
     ema = copy.deepcopy(unet).requires_grad_(False)
     noise_schedule = DDPMScheduler.from_config(arch.family_config(ModelFamily.SD1, "scheduler"))
     alphas = noise_schedule.alphas_cumprod
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.unet_lr, total_steps=recipe.unet_steps,
-                                                pct_start=0.03)
+    groups = [{"params": list(unet.parameters()), "lr": recipe.unet_lr},
+              {"params": list(text_encoder.parameters()), "lr": recipe.text_encoder_lr}]
+    params = groups[0]["params"] + groups[1]["params"]
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[recipe.unet_lr, recipe.text_encoder_lr],
+                                                total_steps=recipe.unet_steps, pct_start=0.03)
     captions = CaptionSampler(scenes, recipe)
     n = latents.shape[0]
     for step in range(recipe.unet_steps):
@@ -283,21 +290,8 @@ def save(path: Path, unet, vae, text_encoder, card: dict[str, str]) -> None:
     save_file(state, str(path), metadata=card)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--quick", action="store_true", help="tiny step counts and no VAE gate, to try changes")
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args(argv)
-    recipe = Recipe(seed=args.seed)
-    if args.quick:
-        recipe = Recipe(seed=args.seed, vae_steps=50, scenes=128, unet_steps=50, vae_min_colour=0, vae_min_shape=0)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(recipe.seed)
-    rng = random.Random(recipe.seed)
-    started = time.monotonic()
+def vae_stage(recipe: Recipe, rng: random.Random, started: float) -> AutoencoderKL:
+    """Stages 1-3: train the VAE, gate it, fold the latent scale."""
     vae = train_vae(recipe, rng, started)
     vae_scores = reconstruction_scores(vae)
     log(f"VAE reconstructions of {vae_scores.count} scenes: colour {vae_scores.colour:.0%}, "
@@ -306,13 +300,67 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("the VAE is below its bar; no UNet trained on it could follow prompts. Nothing saved.")
     probe = to_tensor([render(random_scene(rng), RESOLUTION) for _ in range(64)])
     log(f"latent scale folded into the VAE: x{fold_latent_scale(vae, probe):.3f}", started)
+    return vae
+
+
+VAE_FIELDS = ("seed", "vae_steps", "vae_batch", "vae_draw_size", "vae_lr", "vae_shape_weight", "vae_anchor_weight")
+
+
+def reused_vae_stage(recipe: Recipe, rng: random.Random, checkpoint: Path) -> AutoencoderKL:
+    """The VAE of an earlier run's file, in place of stages 1-3 (20 of a run's 50 minutes on 2 slow cores).
+
+    The earlier run must share the VAE part of the recipe. Its scene draws are replayed, so the UNet
+    trains on the scenes, captions and noise a full run would use. The VAE comes back as the file's
+    float16, not the full run's float32, and that difference alone moves a run's scores about as much
+    as another seed would (issue 3's notes): compare recipes with this, ship what a full run makes."""
+    with safe_open(str(checkpoint), "pt") as f:
+        earlier = json.loads((f.metadata() or {}).get("studio.recipe", "{}"))
+        differing = [k for k in VAE_FIELDS if earlier.get(k) != asdict(recipe)[k]]
+        if differing:
+            raise SystemExit(f"{checkpoint} was not trained with this VAE recipe (differs in {', '.join(differing)}, "
+                             "or it is not a demo model); run without --vae-from.")
+        vae = AutoencoderKL(**VAE_CONFIG)
+        own = vae.state_dict()
+        vae.load_state_dict({key: f.get_tensor(stored).float().reshape(own[key].shape)
+                             for key, stored in zip(own, vae_to_ldm(vae))})
+    for _ in range(recipe.vae_steps * recipe.vae_batch):
+        random_scene(rng, allow_held_out=True)
+    for _ in range(64):  # the latent-scale probe
+        random_scene(rng)
+    return vae.eval()
+
+
+def run(recipe: Recipe, out: Path, vae_from: Path | None = None) -> None:
+    torch.manual_seed(recipe.seed)
+    rng = random.Random(recipe.seed)
+    started = time.monotonic()
+    vae = reused_vae_stage(recipe, rng, vae_from) if vae_from else vae_stage(recipe, rng, started)
     latents, shape_cells, scenes = build_dataset(recipe, vae, rng, started)
     log(f"latent std after scaling {latents.std().item():.3f}", started)
     unet, text_encoder = train_unet(recipe, latents, shape_cells, scenes, started)
     seconds = time.monotonic() - started
-    card = model_card(recipe, seconds) | {"studio.vae_reconstruction": json.dumps(asdict(vae_scores))}
-    save(args.out, unet, vae, text_encoder, card)
-    log(f"saved {args.out} ({args.out.stat().st_size / 2**20:.1f} MB)", started)
+    card = model_card(recipe, seconds) | {"studio.vae_reconstruction": json.dumps(asdict(reconstruction_scores(vae)))}
+    if vae_from:
+        card["studio.vae_from"] = vae_from.name
+    save(out, unet, vae, text_encoder, card)
+    log(f"saved {out} ({out.stat().st_size / 2**20:.1f} MB)", started)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--quick", action="store_true", help="tiny step counts and no VAE gate, to try changes")
+    ap.add_argument("--vae-from", type=Path, default=None,
+                    help="reuse the VAE of an earlier file with the same VAE recipe, to try UNet changes sooner")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    recipe = Recipe(seed=args.seed)
+    if args.quick:
+        recipe = Recipe(seed=args.seed, vae_steps=50, scenes=128, unet_steps=50, vae_min_colour=0, vae_min_shape=0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run(recipe, args.out, args.vae_from)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""The demo model's training script, at a tiny recipe: --vae-from must replay the VAE stage (the same
+VAE, to the file's float16, and the same scene draws after it), and refuse a VAE of another recipe."""
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors import safe_open
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from backend.demo_model import train
+
+TINY = train.Recipe(vae_steps=2, vae_batch=2, scenes=8, unet_steps=2, unet_batch=2, vae_min_colour=0,
+                    vae_min_shape=0)
+
+
+@pytest.fixture(scope="module")
+def vae_stage_file(tmp_path_factory):
+    """(path, VAE, the random stream after stage 3) of a full run's VAE stage, saved as the script saves."""
+    torch.manual_seed(TINY.seed)
+    rng = random.Random(TINY.seed)
+    vae = train.vae_stage(TINY, rng, started=0.0)
+    path = tmp_path_factory.mktemp("demo") / "earlier.safetensors"
+    train.save(path, UNet2DConditionModel(**train.UNET_CONFIG), vae, CLIPTextModel(CLIPTextConfig(**train.TEXT_CONFIG)),
+               train.model_card(TINY, 0.0))
+    return path, vae, rng.getstate()
+
+
+def test_reusing_a_vae_replays_the_vae_stage(vae_stage_file):
+    path, vae, rng_after = vae_stage_file
+    rng = random.Random(TINY.seed)
+    reused = train.reused_vae_stage(TINY, rng, path)
+    assert rng.getstate() == rng_after  # the UNet's scenes and captions are the full run's
+    trained = vae.state_dict()
+    assert reused.state_dict().keys() == trained.keys()
+    for key, value in reused.state_dict().items():
+        assert torch.equal(value, trained[key].to(torch.float16).float()), key
+
+
+def test_a_vae_of_another_recipe_is_refused(vae_stage_file, tmp_path):
+    path, _, _ = vae_stage_file
+    with pytest.raises(SystemExit, match="vae_steps"):
+        train.run(replace(TINY, vae_steps=3), tmp_path / "x.safetensors", vae_from=path)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_the_unet_stage_runs_on_a_reused_vae_and_says_so(vae_stage_file, tmp_path):
+    path, _, _ = vae_stage_file
+    out = tmp_path / "tried.safetensors"
+    train.run(replace(TINY, text_encoder_lr=1e-4), out, vae_from=path)
+    with safe_open(str(out), "pt") as f:
+        card = f.metadata()
+    assert card["studio.vae_from"] == "earlier.safetensors"
+    assert '"text_encoder_lr": 0.0001' in card["studio.recipe"]
