@@ -122,6 +122,7 @@ def test_a_failing_job_fails_alone_and_the_next_one_runs():
 def test_a_model_load_outside_the_queue_still_waits_for_the_running_job():
     line = Line()
     line.submit("a1", "alice")
+    until(lambda: line.ran == ["a1"])  # busy() turns true before the device thread takes the lock
     took_lock = threading.Event()
 
     def load_checkpoint():
@@ -137,6 +138,7 @@ def test_a_model_load_outside_the_queue_still_waits_for_the_running_job():
 def test_work_ahead_of_the_line_runs_between_jobs_on_the_device_thread():
     line = Line()
     line.submit("a1", "alice")
+    until(lambda: line.ran == ["a1"])
     line.submit("b1", "bob")
     done = []
     loader = threading.Thread(target=lambda: done.append(line.queue.on_device_now(
@@ -175,6 +177,7 @@ def test_a_finished_job_reports_no_queue_position():
 def test_closing_interrupts_the_running_job_and_drops_the_waiting_ones():
     line = Line()
     running = line.submit("a1", "alice")
+    until(lambda: line.ran == ["a1"])
     waiting = line.submit("b1", "bob")
     line.queue.close()
     until(lambda: "b1" in line.outcomes)
