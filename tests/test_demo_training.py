@@ -47,11 +47,19 @@ def test_a_vae_of_another_recipe_is_refused(vae_stage_file, tmp_path):
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_the_unet_stage_runs_on_a_reused_vae_and_says_so(vae_stage_file, tmp_path):
+def test_the_unet_stage_on_a_reused_vae_repeats_itself_and_its_own_seed_changes_it(vae_stage_file, tmp_path):
     path, _, _ = vae_stage_file
-    out = tmp_path / "tried.safetensors"
-    train.run(replace(TINY, text_encoder_lr=1e-4), out, vae_from=path)
-    with safe_open(str(out), "pt") as f:
-        card = f.metadata()
+
+    def unet_of(recipe, name):
+        train.run(recipe, tmp_path / name, vae_from=path)
+        with safe_open(str(tmp_path / name), "pt") as f:
+            card = f.metadata()
+            return {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.diffusion_model.")}, card
+
+    first, card = unet_of(TINY, "a.safetensors")
+    again, _ = unet_of(TINY, "b.safetensors")
+    reseeded, reseeded_card = unet_of(replace(TINY, unet_seed=7), "c.safetensors")
     assert card["studio.vae_from"] == "earlier.safetensors"
-    assert '"text_encoder_lr": 0.0001' in card["studio.recipe"]
+    assert all(first[k].equal(again[k]) for k in first)
+    assert not all(first[k].equal(reseeded[k]) for k in first)
+    assert '"unet_seed": 7' in reseeded_card["studio.recipe"]

@@ -49,7 +49,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -74,6 +74,9 @@ DEFAULT_OUT = Path(__file__).parent / "studio-demo.safetensors"
 @dataclass
 class Recipe:
     seed: int = 0
+    # The UNet stage's own seed (initial weights, captions, noise), when it should differ from `seed`:
+    # two runs of one recipe on the same VAE and scenes show how much of a difference is chance.
+    unet_seed: int | None = None
     vae_steps: int = 2200
     vae_batch: int = 8
     vae_draw_size: int = 64  # whole scenes at 64 px: a quarter of the cost, the same convolutions
@@ -217,8 +220,9 @@ def noise_levels(recipe: Recipe, count: int, steps: int, gen: torch.Generator) -
 
 def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor, scenes: list[Scene],
                started: float):
-    gen = torch.Generator().manual_seed(recipe.seed + 1)
-    torch.manual_seed(recipe.seed + 2)
+    seed = recipe.seed if recipe.unet_seed is None else recipe.unet_seed
+    gen = torch.Generator().manual_seed(seed + 1)
+    torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
     unet = UNet2DConditionModel(**UNET_CONFIG)
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -353,11 +357,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="tiny step counts and no VAE gate, to try changes")
     ap.add_argument("--vae-from", type=Path, default=None,
                     help="reuse the VAE of an earlier file with the same VAE recipe, to try UNet changes sooner")
+    ap.add_argument("--unet-seed", type=int, default=None, help="the UNet stage's own seed (default: --seed)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    recipe = Recipe(seed=args.seed)
+    recipe = Recipe(seed=args.seed, unet_seed=args.unet_seed)
     if args.quick:
-        recipe = Recipe(seed=args.seed, vae_steps=50, scenes=128, unet_steps=50, vae_min_colour=0, vae_min_shape=0)
+        recipe = replace(recipe, vae_steps=50, scenes=128, unet_steps=50, vae_min_colour=0, vae_min_shape=0)
     if args.threads:
         torch.set_num_threads(args.threads)
     run(recipe, args.out, args.vae_from)
