@@ -22,7 +22,7 @@ def vae_stage_file(tmp_path_factory):
     """(path, VAE, the random stream after stage 3) of a full run's VAE stage, saved as the script saves."""
     torch.manual_seed(TINY.seed)
     rng = random.Random(TINY.seed)
-    vae = train.vae_stage(TINY, rng, started=0.0)
+    vae, _ = train.vae_stage(TINY, rng, started=0.0)
     path = tmp_path_factory.mktemp("demo") / "earlier.safetensors"
     train.save(path, UNet2DConditionModel(**train.UNET_CONFIG), vae, CLIPTextModel(CLIPTextConfig(**train.TEXT_CONFIG)),
                train.model_card(TINY, 0.0))
@@ -32,7 +32,7 @@ def vae_stage_file(tmp_path_factory):
 def test_reusing_a_vae_replays_the_vae_stage(vae_stage_file):
     path, vae, rng_after = vae_stage_file
     rng = random.Random(TINY.seed)
-    reused = train.reused_vae_stage(TINY, rng, path)
+    reused, _ = train.reused_vae_stage(TINY, rng, path)
     assert rng.getstate() == rng_after  # the UNet's scenes and captions are the full run's
     trained = vae.state_dict()
     assert reused.state_dict().keys() == trained.keys()

@@ -4,7 +4,7 @@
     python -m backend.demo_model.train --quick    # a few minutes, for trying changes
     python -m backend.demo_model.train --vae-from backend/demo_model/studio-demo.safetensors --out X
         # the UNet stage only, on that file's VAE and the full run's scenes: 20 minutes sooner,
-        # to compare UNet recipes (ship what a full run makes)
+        # to compare UNet recipes (ship what a full run makes); --unet-seed N runs one again
 
 Same seed, same file: data, initialisation and training order all come from
 `--seed`, and the step counts are fixed (not "train for N minutes").
@@ -59,7 +59,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from backend.demo_model.evaluate import reconstruction_scores, to_tensor
+from backend.demo_model.evaluate import Scores, reconstruction_scores, to_tensor
 from backend.demo_model.scenes import COLOURS, HELD_OUT, Scene, random_scene, render
 from backend.models import architecture as arch
 from backend.models.ldm_export import clip_to_ldm, unet_to_ldm, vae_to_ldm
@@ -294,8 +294,8 @@ def save(path: Path, unet, vae, text_encoder, card: dict[str, str]) -> None:
     save_file(state, str(path), metadata=card)
 
 
-def vae_stage(recipe: Recipe, rng: random.Random, started: float) -> AutoencoderKL:
-    """Stages 1-3: train the VAE, gate it, fold the latent scale."""
+def vae_stage(recipe: Recipe, rng: random.Random, started: float) -> tuple[AutoencoderKL, Scores]:
+    """Stages 1-3: train the VAE, gate it on its reconstructions, fold the latent scale."""
     vae = train_vae(recipe, rng, started)
     vae_scores = reconstruction_scores(vae)
     log(f"VAE reconstructions of {vae_scores.count} scenes: colour {vae_scores.colour:.0%}, "
@@ -304,13 +304,13 @@ def vae_stage(recipe: Recipe, rng: random.Random, started: float) -> Autoencoder
         raise SystemExit("the VAE is below its bar; no UNet trained on it could follow prompts. Nothing saved.")
     probe = to_tensor([render(random_scene(rng), RESOLUTION) for _ in range(64)])
     log(f"latent scale folded into the VAE: x{fold_latent_scale(vae, probe):.3f}", started)
-    return vae
+    return vae, vae_scores
 
 
 VAE_FIELDS = ("seed", "vae_steps", "vae_batch", "vae_draw_size", "vae_lr", "vae_shape_weight", "vae_anchor_weight")
 
 
-def reused_vae_stage(recipe: Recipe, rng: random.Random, checkpoint: Path) -> AutoencoderKL:
+def reused_vae_stage(recipe: Recipe, rng: random.Random, checkpoint: Path) -> tuple[AutoencoderKL, Scores]:
     """The VAE of an earlier run's file, in place of stages 1-3 (20 of a run's 50 minutes on 2 slow cores).
 
     The earlier run must share the VAE part of the recipe. Its scene draws are replayed, so the UNet
@@ -331,19 +331,19 @@ def reused_vae_stage(recipe: Recipe, rng: random.Random, checkpoint: Path) -> Au
         random_scene(rng, allow_held_out=True)
     for _ in range(64):  # the latent-scale probe
         random_scene(rng)
-    return vae.eval()
+    return vae.eval(), reconstruction_scores(vae)
 
 
 def run(recipe: Recipe, out: Path, vae_from: Path | None = None) -> None:
     torch.manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
     started = time.monotonic()
-    vae = reused_vae_stage(recipe, rng, vae_from) if vae_from else vae_stage(recipe, rng, started)
+    vae, vae_scores = reused_vae_stage(recipe, rng, vae_from) if vae_from else vae_stage(recipe, rng, started)
     latents, shape_cells, scenes = build_dataset(recipe, vae, rng, started)
     log(f"latent std after scaling {latents.std().item():.3f}", started)
     unet, text_encoder = train_unet(recipe, latents, shape_cells, scenes, started)
     seconds = time.monotonic() - started
-    card = model_card(recipe, seconds) | {"studio.vae_reconstruction": json.dumps(asdict(reconstruction_scores(vae)))}
+    card = model_card(recipe, seconds) | {"studio.vae_reconstruction": json.dumps(asdict(vae_scores))}
     if vae_from:
         card["studio.vae_from"] = vae_from.name
     save(out, unet, vae, text_encoder, card)
