@@ -2,6 +2,7 @@
 VAE, to the file's float16, and the same scene draws after it), and refuse a VAE of another recipe."""
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
 
@@ -59,7 +60,23 @@ def test_the_unet_stage_on_a_reused_vae_repeats_itself_and_its_own_seed_changes_
     first, card = unet_of(TINY, "a.safetensors")
     again, _ = unet_of(TINY, "b.safetensors")
     reseeded, reseeded_card = unet_of(replace(TINY, unet_seed=7), "c.safetensors")
+    offset, offset_card = unet_of(replace(TINY, noise_offset=0.1), "d.safetensors")
     assert card["studio.vae_from"] == "earlier.safetensors"
     assert all(first[k].equal(again[k]) for k in first)
     assert not all(first[k].equal(reseeded[k]) for k in first)
     assert '"unet_seed": 7' in reseeded_card["studio.recipe"]
+    assert not all(first[k].equal(offset[k]) for k in first)  # the offset reaches the training noise
+    assert '"noise_offset": 0.1' in offset_card["studio.recipe"]
+
+
+def test_settings_change_one_field_each_as_its_own_type_and_a_wider_unet_is_saved_and_described():
+    recipe = train.with_settings(TINY, ["unet_channels=[32,64,64]", "noise_offset=0.05", "unet_steps=3",
+                                        "caption_keep=[[\"colour\", 1.0]]", "unet_seed=4"])
+    assert recipe == replace(TINY, unet_channels=(32, 64, 64), noise_offset=0.05, unet_steps=3,
+                             caption_keep=(("colour", 1.0),), unet_seed=4)
+    assert train.unet_config(recipe)["block_out_channels"] == (32, 64, 64)
+    assert json.loads(train.model_card(recipe, 0.0)["studio.architecture"])["unet"]["block_out_channels"] == [32, 64, 64]
+    with pytest.raises(SystemExit, match="unet_chanels.*unet_channels"):
+        train.with_settings(TINY, ["unet_chanels=[1,2,3]"])
+    with pytest.raises(SystemExit, match="unet_steps"):
+        train.with_settings(TINY, ["unet_steps=many"])

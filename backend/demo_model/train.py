@@ -4,7 +4,8 @@
     python -m backend.demo_model.train --quick    # a few minutes, for trying changes
     python -m backend.demo_model.train --vae-from backend/demo_model/studio-demo.safetensors --out X
         # the UNet stage only, on that file's VAE and the full run's scenes: 20 minutes sooner,
-        # to compare UNet recipes (ship what a full run makes); --unet-seed N runs one again
+        # to compare UNet recipes (ship what a full run makes); --unet-seed N runs one again,
+        # --set FIELD=VALUE changes one recipe field (e.g. --set unet_channels=[128,128,128])
 
 Same seed, same file: data, initialisation and training order all come from
 `--seed`, and the step counts are fixed (not "train for N minutes").
@@ -86,11 +87,15 @@ class Recipe:
     vae_min_colour: float = 0.9  # the gate: reconstructions scored by the evaluator's criteria, which
     vae_min_shape: float = 0.7  # must reach the model's own goals, or no UNet on top could
     scenes: int = 3200  # encoding costs about 0.1 s a scene at 128 px
+    unet_channels: tuple[int, int, int] = (64, 128, 128)  # the UNet's width at 16x16, 8x8 and 4x4
     unet_steps: int = 2900
     unet_batch: int = 24
     unet_lr: float = 6e-4
     text_encoder_lr: float = 6e-4  # its own rate, to try; lower ones trade colour for shape (issue 3's notes)
     min_snr_gamma: float = 5.0
+    # Offset noise: a per-channel constant added to the training noise, so the picture's mean colour is not
+    # left to leak through SD1's last noise level (the sampler's first step has no such leak to read).
+    noise_offset: float = 0.0
     high_noise_share: float = 0.3  # of the noise levels drawn from t in [600, 1000)
     unet_shape_weight: float = 3.0  # loss weight of latent cells at and around the shape (the rest: 1)
     caption_dropout: float = 0.1  # empty captions, so classifier-free guidance has an unconditional model
@@ -109,10 +114,14 @@ VAE_CONFIG = dict(block_out_channels=(64, 64, 64, 128), layers_per_block=1, late
                   sample_size=RESOLUTION, scaling_factor=SD1_SCALING)
 TEXT_CONFIG = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=2,
                    max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu", projection_dim=128)
-UNET_CONFIG = dict(sample_size=RESOLUTION // 8, in_channels=4, out_channels=4, block_out_channels=(64, 128, 128),
+UNET_CONFIG = dict(sample_size=RESOLUTION // 8, in_channels=4, out_channels=4, block_out_channels=Recipe.unet_channels,
                    layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=128,
                    attention_head_dim=8, norm_num_groups=32)
+
+
+def unet_config(recipe: Recipe) -> dict:
+    return UNET_CONFIG | {"block_out_channels": tuple(recipe.unet_channels)}
 
 
 def log(message: str, started: float) -> None:
@@ -224,7 +233,7 @@ def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor,
     gen = torch.Generator().manual_seed(seed + 1)
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
-    unet = UNet2DConditionModel(**UNET_CONFIG)
+    unet = UNet2DConditionModel(**unet_config(recipe))
     ema = copy.deepcopy(unet).requires_grad_(False)
     noise_schedule = DDPMScheduler.from_config(arch.family_config(ModelFamily.SD1, "scheduler"))
     alphas = noise_schedule.alphas_cumprod
@@ -241,6 +250,8 @@ def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor,
         ids = captions(index, gen)
         x0 = latents[index]
         noise = torch.randn(x0.shape, generator=gen)
+        if recipe.noise_offset:  # drawn only when asked for, so the other recipes' random streams stay as they were
+            noise = noise + recipe.noise_offset * torch.randn(*x0.shape[:2], 1, 1, generator=gen)
         t = noise_levels(recipe, recipe.unet_batch, len(alphas), gen)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -282,7 +293,7 @@ def model_card(recipe: Recipe, seconds: float) -> dict[str, str]:
         "studio.recipe": json.dumps(asdict(recipe)),
         "studio.held_out_pairs": json.dumps(sorted(HELD_OUT)),
         "studio.training_seconds": f"{seconds:.0f}",
-        "studio.architecture": json.dumps({"vae": VAE_CONFIG, "unet": UNET_CONFIG, "text_encoder": TEXT_CONFIG}),
+        "studio.architecture": json.dumps({"vae": VAE_CONFIG, "unet": unet_config(recipe), "text_encoder": TEXT_CONFIG}),
     }
 
 
@@ -350,6 +361,32 @@ def run(recipe: Recipe, out: Path, vae_from: Path | None = None) -> None:
     log(f"saved {out} ({out.stat().st_size / 2**20:.1f} MB)", started)
 
 
+def _as_tuples(value):
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def with_settings(recipe: Recipe, settings: list[str]) -> Recipe:
+    """The recipe with `field=value` settings applied, each value read as its field's type
+    (JSON for tuples: unet_channels=[128,128,128])."""
+    fields = asdict(recipe)
+    for setting in settings:
+        name, _, text = setting.partition("=")
+        if name not in fields or not text:
+            raise SystemExit(f"--set {setting!r}: expected field=value with one of: {', '.join(fields)}")
+        default = fields[name]
+        try:
+            if isinstance(default, tuple):
+                value = _as_tuples(json.loads(text))
+            elif default is None:
+                value = int(text)
+            else:
+                value = type(default)(text)
+        except ValueError as error:
+            raise SystemExit(f"--set {setting!r}: {error}") from None
+        recipe = replace(recipe, **{name: value})
+    return recipe
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0)
@@ -358,9 +395,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vae-from", type=Path, default=None,
                     help="reuse the VAE of an earlier file with the same VAE recipe, to try UNet changes sooner")
     ap.add_argument("--unet-seed", type=int, default=None, help="the UNet stage's own seed (default: --seed)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="change one recipe field, to try a variant; the file's card records the whole recipe")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    recipe = Recipe(seed=args.seed, unet_seed=args.unet_seed)
+    recipe = with_settings(Recipe(seed=args.seed, unet_seed=args.unet_seed), args.set)
     if args.quick:
         recipe = replace(recipe, vae_steps=50, scenes=128, unet_steps=50, vae_min_colour=0, vae_min_shape=0)
     if args.threads:
