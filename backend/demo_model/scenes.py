@@ -34,6 +34,11 @@ POSITIONS: dict[str, tuple[float, float]] = {
     "bottom left": (0.25, 0.75), "bottom": (0.5, 0.75), "bottom right": (0.75, 0.75),
 }
 SIZES: dict[str, float] = {"small": 0.28, "medium": 0.40, "large": 0.52}  # shape width / image width
+# Each shape's outline, in units of the radius r = size * width / 2 (`outline`, `render`).
+SQUARE_HALF_SIDE = 0.86
+TRIANGLE_RADIUS = 1.1
+STAR_RADII = (1.05, 0.42)  # points, notches
+SYMMETRY = {"square": math.pi / 2, "triangle": 2 * math.pi / 3, "star": 2 * math.pi / 5}  # turn that maps it onto itself
 
 # Colour x shape pairs never shown in training: the held-out test of compositional adherence.
 HELD_OUT: frozenset[tuple[str, str]] = frozenset({
@@ -87,6 +92,19 @@ def _polygon(cx: float, cy: float, radii: list[float], rotation: float) -> list[
             for i, r in enumerate(radii)]
 
 
+def outline(shape: str, r: float, rotation: float) -> list[tuple[float, float]]:
+    """Corners of a square, triangle or star of radius r around (0, 0), as `render` draws them."""
+    if shape == "square":
+        half = r * SQUARE_HALF_SIDE
+        c, s = math.cos(rotation), math.sin(rotation)
+        return [(x * c - y * s, x * s + y * c) for x, y in [(-half, -half), (half, -half), (half, half), (-half, half)]]
+    if shape == "triangle":
+        return _polygon(0.0, 0.0, [r * TRIANGLE_RADIUS] * 3, rotation)
+    if shape == "star":
+        return _polygon(0.0, 0.0, [r * STAR_RADII[0], r * STAR_RADII[1]] * 5, rotation)
+    raise ValueError(f"{shape!r} has no corners")
+
+
 def render(scene: Scene, size: int = 128, supersample: int = 4) -> Image.Image:
     """Draw the scene (antialiased by drawing large and shrinking)."""
     big = size * supersample
@@ -103,14 +121,14 @@ def render(scene: Scene, size: int = 128, supersample: int = 4) -> Image.Image:
         inner = r * 0.55
         draw.ellipse([cx - inner, cy - inner, cx + inner, cy + inner], fill=COLOURS[scene.background])
     elif scene.shape == "square":
-        half = r * 0.86
+        half = r * SQUARE_HALF_SIDE
         corners = [(-half, -half), (half, -half), (half, half), (-half, half)]
         c, s = math.cos(scene.rotation), math.sin(scene.rotation)
         draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in corners], fill=fill)
     elif scene.shape == "triangle":
-        draw.polygon(_polygon(cx, cy + r * 0.15, [r * 1.1] * 3, scene.rotation), fill=fill)
+        draw.polygon(_polygon(cx, cy + r * 0.15, [r * TRIANGLE_RADIUS] * 3, scene.rotation), fill=fill)
     elif scene.shape == "star":
-        draw.polygon(_polygon(cx, cy + r * 0.05, [r * 1.05, r * 0.42] * 5, scene.rotation), fill=fill)
+        draw.polygon(_polygon(cx, cy + r * 0.05, [r * STAR_RADII[0], r * STAR_RADII[1]] * 5, scene.rotation), fill=fill)
     else:
         raise ValueError(f"unknown shape {scene.shape!r}")
     return image.resize((size, size), Image.Resampling.LANCZOS)
