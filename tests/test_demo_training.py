@@ -80,3 +80,5 @@ def test_settings_change_one_field_each_as_its_own_type_and_a_wider_unet_is_save
         train.with_settings(TINY, ["unet_chanels=[1,2,3]"])
     with pytest.raises(SystemExit, match="unet_steps"):
         train.with_settings(TINY, ["unet_steps=many"])
+    with pytest.raises(SystemExit, match="takes a list"):
+        train.with_settings(TINY, ["unet_channels=128"])

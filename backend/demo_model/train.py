@@ -377,6 +377,8 @@ def with_settings(recipe: Recipe, settings: list[str]) -> Recipe:
         try:
             if isinstance(default, tuple):
                 value = _as_tuples(json.loads(text))
+                if not isinstance(value, tuple):
+                    raise ValueError(f"{name} takes a list, like {json.dumps(default)}")
             elif default is None:
                 value = int(text)
             else:
