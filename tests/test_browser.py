@@ -115,24 +115,27 @@ def _paint_top_left_stroke(page, canvas) -> None:
     page.mouse.up()
 
 
-def _shows_a_stroke(page, canvas, before) -> bool:
-    """Whether the editor's canvas, seen with the pointer away, differs from `before` in the stroke's quarter."""
+def _canvas_grey(page, canvas):
+    """The editor's canvas as shown, in grey levels, with the pointer (and the brush outline that follows it) away."""
     import io
 
     import numpy as np
     from PIL import Image
 
-    page.mouse.move(0, 0)  # the brush's outline follows the pointer: keep it out of the picture
-    now = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=np.int16)
+    page.mouse.move(0, 0)
+    return np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=np.int16)
+
+
+def _shows_a_stroke(page, canvas, before) -> bool:
+    """Whether the canvas differs from `before` in the top-left quarter, where the stroke goes."""
+    now = _canvas_grey(page, canvas)
     height, width = now.shape
     quarter = (slice(0, height // 2), slice(0, width // 2))
-    return bool((np.abs(now[quarter] - before[quarter]) > 40).mean() > 0.002)
+    return bool((abs(now[quarter] - before[quarter]) > 40).mean() > 0.002)
 
 
 @NEEDS_CHROMIUM
 def test_send_to_inpaint_draw_a_mask_and_inpaint(running_studio):
-    import io
-
     import numpy as np
     from PIL import Image
     from playwright.sync_api import expect
@@ -153,9 +156,8 @@ def test_send_to_inpaint_draw_a_mask_and_inpaint(running_studio):
         page.locator("#img2img_denoising_strength input[type=number]").fill("0.9")
         # The editor sets up its layers some time after the picture shows (later on a loaded machine), and a
         # stroke painted before that is lost. Paint until the stroke shows on the canvas, then generate once.
-        page.mouse.move(0, 0)
         page.wait_for_timeout(500)
-        before = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), dtype=np.int16)
+        before = _canvas_grey(page, canvas)
         for _ in range(20):
             _paint_top_left_stroke(page, canvas)
             if _shows_a_stroke(page, canvas, before):
