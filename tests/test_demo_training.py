@@ -25,7 +25,7 @@ def vae_stage_file(tmp_path_factory):
     rng = random.Random(TINY.seed)
     vae, _ = train.vae_stage(TINY, rng, started=0.0)
     path = tmp_path_factory.mktemp("demo") / "earlier.safetensors"
-    train.save(path, UNet2DConditionModel(**train.UNET_CONFIG), vae, CLIPTextModel(CLIPTextConfig(**train.TEXT_CONFIG)),
+    train.save(path, UNet2DConditionModel(**train.unet_config(TINY)), vae, CLIPTextModel(CLIPTextConfig(**train.TEXT_CONFIG)),
                train.model_card(TINY, 0.0))
     return path, vae, rng.getstate()
 

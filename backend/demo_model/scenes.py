@@ -123,10 +123,7 @@ def render(scene: Scene, size: int = 128, supersample: int = 4) -> Image.Image:
         inner = r * 0.55
         draw.ellipse([cx - inner, cy - inner, cx + inner, cy + inner], fill=COLOURS[scene.background])
     elif scene.shape == "square":
-        half = r * SQUARE_HALF_SIDE
-        corners = [(-half, -half), (half, -half), (half, half), (-half, half)]
-        c, s = math.cos(scene.rotation), math.sin(scene.rotation)
-        draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in corners], fill=fill)
+        draw.polygon([(cx + x, cy + y) for x, y in outline("square", r, scene.rotation)], fill=fill)
     elif scene.shape == "triangle":
         draw.polygon(_polygon(cx, cy + r * 0.15, [r * TRIANGLE_RADIUS] * 3, scene.rotation), fill=fill)
     elif scene.shape == "star":

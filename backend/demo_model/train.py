@@ -116,7 +116,8 @@ VAE_CONFIG = dict(block_out_channels=(64, 64, 64, 128), layers_per_block=1, late
                   sample_size=RESOLUTION, scaling_factor=SD1_SCALING)
 TEXT_CONFIG = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=2,
                    max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu", projection_dim=128)
-UNET_CONFIG = dict(sample_size=RESOLUTION // 8, in_channels=4, out_channels=4, block_out_channels=Recipe.unet_channels,
+# The UNet's widths come from the recipe (`unet_config`), the rest is fixed.
+UNET_CONFIG = dict(sample_size=RESOLUTION // 8, in_channels=4, out_channels=4,
                    layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=128,
                    attention_head_dim=8, norm_num_groups=32)
