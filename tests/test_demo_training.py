@@ -26,7 +26,7 @@ def vae_stage_file(tmp_path_factory):
     vae, _ = train.vae_stage(TINY, rng, started=0.0)
     path = tmp_path_factory.mktemp("demo") / "earlier.safetensors"
     train.save(path, UNet2DConditionModel(**train.unet_config(TINY)), vae, CLIPTextModel(CLIPTextConfig(**train.TEXT_CONFIG)),
-               train.model_card(TINY, 0.0))
+               train.model_card(TINY, 0.0), TINY)
     return path, vae, rng.getstate()
 
 
@@ -82,3 +82,31 @@ def test_settings_change_one_field_each_as_its_own_type_and_a_wider_unet_is_save
         train.with_settings(TINY, ["unet_steps=many"])
     with pytest.raises(SystemExit, match="takes a list"):
         train.with_settings(TINY, ["unet_channels=128"])
+    assert train.with_settings(TINY, ["zero_terminal_snr=true"]).zero_terminal_snr
+    assert not train.with_settings(TINY, ["zero_terminal_snr=False"]).zero_terminal_snr
+    with pytest.raises(SystemExit, match="true or false"):
+        train.with_settings(TINY, ["zero_terminal_snr=yes"])
+
+
+def test_a_zero_terminal_snr_run_learns_v_from_pure_noise_and_loads_as_such_a_file(vae_stage_file, tmp_path):
+    from diffusers import DDPMScheduler
+
+    from backend.devices import DeviceSettings
+    from backend.models.loader import scheduler_config
+    from backend.models.manager import ModelManager
+
+    recipe = replace(TINY, zero_terminal_snr=True)
+    alphas = DDPMScheduler.from_config(train.training_schedule(recipe)).alphas_cumprod
+    assert alphas[-1] == 0  # the last step holds nothing of the picture
+    x0, noise = torch.randn(2, 4, 2, 2), torch.randn(2, 4, 2, 2)
+    target, weight = train.prediction_target(recipe, x0, noise, alphas[[999, 0]].view(-1, 1, 1, 1))
+    assert torch.equal(target[0], -x0[0]) and weight[0].item() == 1.0  # the prompt alone must say what to draw
+    assert weight[1].item() < 0.01  # min-SNR: the nearly clean step weighs little
+
+    path, _, _ = vae_stage_file
+    train.run(recipe, tmp_path / "v.safetensors", vae_from=path)
+    loaded = ModelManager([], DeviceSettings.from_flags(device="cpu"), builtin=[tmp_path / "v.safetensors"]).load(
+        "v.safetensors")
+    assert loaded.variant.prediction_type == "v_prediction" and loaded.variant.zero_terminal_snr
+    sampling = DDPMScheduler.from_config(scheduler_config(loaded.variant))
+    assert torch.equal(sampling.alphas_cumprod, alphas)  # the studio samples on the schedule it was trained on

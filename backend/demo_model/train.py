@@ -98,6 +98,12 @@ class Recipe:
     # Offset noise: a per-channel constant added to the training noise, so the picture's mean colour is not
     # left to leak through SD1's last noise level (the sampler's first step has no such leak to read).
     noise_offset: float = 0.0
+    # v-prediction on SD1's schedule rescaled so its last step is pure noise (Lin et al. 2023, "Common diffusion
+    # noise schedules and sample steps are flawed"). On SD1's own schedule the last step keeps 7% of the picture,
+    # enough for a 16x16 latent's background and layout to be read from the noise in training, and at sampling,
+    # where the noise holds none, they come from chance instead of the prompt. The file then carries the "v_pred"
+    # and "ztsnr" markers, so it loads as the v-prediction files users download do.
+    zero_terminal_snr: bool = False
     high_noise_share: float = 0.3  # of the noise levels drawn from t in [600, 1000)
     unet_shape_weight: float = 3.0  # loss weight of latent cells at and around the shape (the rest: 1)
     caption_dropout: float = 0.1  # empty captions, so classifier-free guidance has an unconditional model
@@ -230,6 +236,27 @@ def noise_levels(recipe: Recipe, count: int, steps: int, gen: torch.Generator) -
     return torch.where(torch.rand(count, generator=gen) < recipe.high_noise_share, high, uniform)
 
 
+def training_schedule(recipe: Recipe) -> dict:
+    """SD1's scheduler config, as the loader will build it for this file."""
+    config = dict(arch.family_config(ModelFamily.SD1, "scheduler"))
+    if recipe.zero_terminal_snr:
+        config.update(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return config
+
+
+def prediction_target(recipe: Recipe, x0: torch.Tensor, noise: torch.Tensor, a: torch.Tensor):
+    """What the UNet learns to predict, and each sample's loss weight.
+
+    Min-SNR weighting (gamma 5): the easy, low-noise steps stop dominating, and training converges sooner.
+    For epsilon that weight is min(SNR, gamma) / SNR. For v it is written on SNR + 1, not SNR as is usual, so
+    the pure-noise step (SNR 0), where the prompt alone decides the layout, keeps its full weight.
+    """
+    snr = a / (1 - a)
+    if recipe.zero_terminal_snr:
+        return a.sqrt() * noise - (1 - a).sqrt() * x0, torch.clamp(snr + 1, max=recipe.min_snr_gamma) / (snr + 1)
+    return noise, torch.clamp(snr, max=recipe.min_snr_gamma) / snr
+
+
 def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor, scenes: list[Scene],
                started: float):
     seed = recipe.seed if recipe.unet_seed is None else recipe.unet_seed
@@ -238,7 +265,7 @@ def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor,
     text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
     unet = UNet2DConditionModel(**unet_config(recipe))
     ema = copy.deepcopy(unet).requires_grad_(False)
-    noise_schedule = DDPMScheduler.from_config(arch.family_config(ModelFamily.SD1, "scheduler"))
+    noise_schedule = DDPMScheduler.from_config(training_schedule(recipe))
     alphas = noise_schedule.alphas_cumprod
     groups = [{"params": list(unet.parameters()), "lr": recipe.unet_lr},
               {"params": list(text_encoder.parameters()), "lr": recipe.text_encoder_lr}]
@@ -259,11 +286,9 @@ def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor,
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         context = text_encoder(ids).last_hidden_state
-        # Min-SNR weighting: the easy, low-noise steps stop dominating, and training converges sooner.
-        snr = a / (1 - a)
-        weight = torch.clamp(snr, max=recipe.min_snr_gamma) / snr
+        target, weight = prediction_target(recipe, x0, noise, a)
         weight = weight * (1 + (recipe.unet_shape_weight - 1) * shape_cells[index])
-        loss = (weight * (unet(noisy, t, context).sample - noise).pow(2)).mean()
+        loss = (weight * (unet(noisy, t, context).sample - target).pow(2)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -300,10 +325,12 @@ def model_card(recipe: Recipe, seconds: float) -> dict[str, str]:
     }
 
 
-def save(path: Path, unet, vae, text_encoder, card: dict[str, str]) -> None:
+def save(path: Path, unet, vae, text_encoder, card: dict[str, str], recipe: Recipe) -> None:
     state = unet_to_ldm(unet) | vae_to_ldm(vae) | clip_to_ldm(text_encoder, "cond_stage_model.transformer.")
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in state.items()
              if not k.endswith("position_ids")}
+    if recipe.zero_terminal_snr:  # the empty marker tensors ComfyUI, Forge and our loader read
+        state |= {arch.V_PRED_MARKER: torch.zeros(0), arch.ZTSNR_MARKER: torch.zeros(0)}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=card)
 
@@ -360,7 +387,7 @@ def run(recipe: Recipe, out: Path, vae_from: Path | None = None) -> None:
     card = model_card(recipe, seconds) | {"studio.vae_reconstruction": json.dumps(asdict(vae_scores))}
     if vae_from:
         card["studio.vae_from"] = vae_from.name
-    save(out, unet, vae, text_encoder, card)
+    save(out, unet, vae, text_encoder, card, recipe)
     log(f"saved {out} ({out.stat().st_size / 2**20:.1f} MB)", started)
 
 
@@ -384,6 +411,10 @@ def with_settings(recipe: Recipe, settings: list[str]) -> Recipe:
                     raise ValueError(f"{name} takes a list, like {json.dumps(default)}")
             elif default is None:
                 value = int(text)
+            elif isinstance(default, bool):  # bool("false") would be True
+                if text.lower() not in ("true", "false"):
+                    raise ValueError(f"{name} takes true or false")
+                value = text.lower() == "true"
             else:
                 value = type(default)(text)
         except ValueError as error:
