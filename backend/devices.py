@@ -63,6 +63,16 @@ def memory_report() -> dict:
     return report
 
 
+# What the CPU and Apple allocators say when they refuse: a plain RuntimeError, not torch.OutOfMemoryError.
+_OUT_OF_MEMORY_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "MPS backend out of memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether the device's allocator refused memory, on CUDA, the CPU or MPS."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(m in str(error) for m in _OUT_OF_MEMORY_MESSAGES))
+
+
 def release_cached_memory() -> None:
     """Give the allocator's cached blocks back, e.g. after a job ran out of memory, so the next job can start."""
     gc.collect()

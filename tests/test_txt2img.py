@@ -404,6 +404,21 @@ def test_service_can_skip_saving_and_names_checkpoints(service, tmp_path):
         service.txt2img(Txt2ImgRequest(prompt="x", width=64, height=64, steps=1, checkpoint="missing"))
 
 
+def test_running_out_of_memory_is_said_plainly_and_the_next_job_runs(service):
+    from backend.generation.service import GenerationOutOfMemory
+
+    def runner_that_asks_too_much(loaded, request, job, **kwargs):
+        return torch.empty(2**50, dtype=torch.uint8)  # 1 PiB: the CPU allocator refuses it, for real
+
+    request = Txt2ImgRequest(prompt="x", width=64, height=64, steps=1, seed=5, sampler_name="Euler",
+                             save_images=False)
+    with pytest.raises(GenerationOutOfMemory, match="out of memory on cpu at 64x64, batch size 1: try a smaller"):
+        service._generate(request, None, runner_that_asks_too_much, "outdir_txt2img_samples")
+    after = service.txt2img(request)
+    assert np.array_equal(pixels(after.images[0]), pixels(generate(service.manager.loaded, prompt="x", seed=5,
+                                                                     steps=1).images[0]))
+
+
 def test_service_hires_info(service):
     request = Txt2ImgRequest(prompt="x", width=64, height=64, steps=2, save_images=False,
                              hires=HiresFix(enabled=True, upscale_by=1.5, denoising_strength=0.5))

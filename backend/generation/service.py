@@ -11,10 +11,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
-from backend.devices import release_cached_memory
+from backend.devices import is_out_of_memory, release_cached_memory
 from backend.generation.img2img import run_img2img
 from backend.generation.job import JobControl
 from backend.generation.queue import DeviceQueue, InterruptedWhileQueued
@@ -87,7 +86,9 @@ class GenerationService:
                 if request.save_images else []
         except InterruptedWhileQueued:
             return GenerationResult(images=[], infotexts=[], seeds=[], interrupted=True)
-        except torch.OutOfMemoryError as err:
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
             release_cached_memory()  # the next job starts with the memory this one held
             raise GenerationOutOfMemory(
                 f"out of memory on {self.device_settings.device} at {request.width}x{request.height}, batch size "
