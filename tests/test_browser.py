@@ -44,7 +44,10 @@ def _studio_page(url: str, checkpoint: str):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url, wait_until="domcontentloaded")
+            # The page's load event sets each tab's size to the model's; on a busy machine its answer can come
+            # after a test has typed a size, and overwrite it. It is the one /run/predict call a page opens with.
+            with page.expect_response(lambda r: r.url.endswith("/gradio_api/run/predict"), timeout=60_000):
+                page.goto(url, wait_until="domcontentloaded")
             expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value(checkpoint, timeout=60_000)
             yield page
         finally:
