@@ -414,6 +414,13 @@ def test_running_out_of_memory_is_said_plainly_and_the_next_job_runs(service):
                              save_images=False)
     with pytest.raises(GenerationOutOfMemory, match="out of memory on cpu at 64x64, batch size 1: try a smaller"):
         service._generate(request, None, runner_that_asks_too_much, "outdir_txt2img_samples")
+
+    def runner_with_another_fault(loaded, request, job, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="mat1 and mat2") as other:  # not every RuntimeError is memory
+        service._generate(request, None, runner_with_another_fault, "outdir_txt2img_samples")
+    assert not isinstance(other.value, GenerationOutOfMemory)
     after = service.txt2img(request)
     assert np.array_equal(pixels(after.images[0]), pixels(generate(service.manager.loaded, prompt="x", seed=5,
                                                                      steps=1).images[0]))
