@@ -80,6 +80,9 @@ class Recipe:
     # The UNet stage's own seed (initial weights, captions, noise), when it should differ from `seed`:
     # two runs of one recipe on the same VAE and scenes show how much of a difference is chance.
     unet_seed: int | None = None
+    # A full run with vae_steps=1100 and unet_steps=4900 (the VAE's 10 minutes given to the UNet, 54 minutes in
+    # all) drew held-out shapes right in 72% of 72 pictures (60% as shipped), its VAE decoding 94% (98%); but
+    # colour fell to 82% (96%), mostly gray stars drawn cyan, and CFG 7 gained only 5 points over CFG 1.
     vae_steps: int = 2200
     vae_batch: int = 8
     vae_draw_size: int = 64  # whole scenes at 64 px: a quarter of the cost, the same convolutions
