@@ -110,3 +110,20 @@ def test_a_zero_terminal_snr_run_learns_v_from_pure_noise_and_loads_as_such_a_fi
     assert loaded.variant.prediction_type == "v_prediction" and loaded.variant.zero_terminal_snr
     sampling = DDPMScheduler.from_config(scheduler_config(loaded.variant))
     assert torch.equal(sampling.alphas_cumprod, alphas)  # the studio samples on the schedule it was trained on
+
+
+def test_the_text_encoder_stops_after_its_own_steps_while_the_unet_trains_on(vae_stage_file, tmp_path):
+    path, _, _ = vae_stage_file
+
+    def weights_of(recipe, name):
+        train.run(recipe, tmp_path / name, vae_from=path)
+        with safe_open(str(tmp_path / name), "pt") as f:
+            split = {"unet": "model.diffusion_model.", "text": "cond_stage_model."}
+            return {part: {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)} for part, prefix in split.items()}
+
+    one_step = weights_of(replace(TINY, unet_steps=1, text_encoder_steps=1), "one.safetensors")
+    longer = weights_of(replace(TINY, unet_steps=3, text_encoder_steps=1), "longer.safetensors")
+    along = weights_of(replace(TINY, unet_steps=3), "along.safetensors")
+    assert all(longer["text"][k].equal(one_step["text"][k]) for k in one_step["text"])  # frozen after step 1
+    assert not all(longer["unet"][k].equal(one_step["unet"][k]) for k in one_step["unet"])  # the UNet went on
+    assert not all(along["text"][k].equal(longer["text"][k]) for k in along["text"])  # by default it trains along

@@ -97,6 +97,10 @@ class Recipe:
     unet_batch: int = 16
     unet_lr: float = 6e-4
     text_encoder_lr: float = 6e-4  # its own rate, to try; lower ones trade colour for shape (issue 3's notes)
+    # The text encoder's own schedule length; after it, the encoder is frozen and the UNet trains on alone
+    # (None: as long as the UNet's). A longer UNet stage draws shapes better but, with the encoder training
+    # along, binds shape words to the colours they were seen with.
+    text_encoder_steps: int | None = None
     min_snr_gamma: float = 5.0
     # Offset noise: a per-channel constant added to the training noise, so the picture's mean colour is not
     # left to leak through SD1's last noise level (the sampler's first step has no such leak to read).
@@ -273,12 +277,11 @@ def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor,
     ema = copy.deepcopy(unet).requires_grad_(False)
     noise_schedule = DDPMScheduler.from_config(training_schedule(recipe))
     alphas = noise_schedule.alphas_cumprod
-    groups = [{"params": list(unet.parameters()), "lr": recipe.unet_lr},
-              {"params": list(text_encoder.parameters()), "lr": recipe.text_encoder_lr}]
-    params = groups[0]["params"] + groups[1]["params"]
-    opt = torch.optim.AdamW(groups, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[recipe.unet_lr, recipe.text_encoder_lr],
-                                                total_steps=recipe.unet_steps, pct_start=0.03)
+    text_steps = recipe.unet_steps if recipe.text_encoder_steps is None else recipe.text_encoder_steps
+    stages = [(unet, recipe.unet_lr, recipe.unet_steps), (text_encoder, recipe.text_encoder_lr, text_steps)]
+    optimisers = [torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01) for model, lr, _ in stages]
+    schedules = [torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.03)
+                 for opt, (_, lr, steps) in zip(optimisers, stages)]
     captions = CaptionSampler(scenes, recipe)
     n = latents.shape[0]
     for step in range(recipe.unet_steps):
@@ -291,15 +294,20 @@ def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor,
         t = noise_levels(recipe, recipe.unet_batch, len(alphas), gen)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        training = [0, 1] if step < text_steps else [0]  # the UNet, and the text encoder until its steps are done
+        if step == text_steps:
+            text_encoder.requires_grad_(False)
         context = text_encoder(ids).last_hidden_state
         target, weight = prediction_target(recipe, x0, noise, a)
         weight = weight * (1 + (recipe.unet_shape_weight - 1) * shape_cells[index])
         loss = (weight * (unet(noisy, t, context).sample - target).pow(2)).mean()
-        opt.zero_grad(set_to_none=True)
+        for i in training:
+            optimisers[i].zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        torch.nn.utils.clip_grad_norm_([p for i in training for p in stages[i][0].parameters()], 1.0)
+        for i in training:
+            optimisers[i].step()
+            schedules[i].step()
         decay = min(recipe.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, p in zip(ema.parameters(), unet.parameters()):
