@@ -127,3 +127,44 @@ def test_the_text_encoder_stops_after_its_own_steps_while_the_unet_trains_on(vae
     assert all(longer["text"][k].equal(one_step["text"][k]) for k in one_step["text"])  # frozen after step 1
     assert not all(longer["unet"][k].equal(one_step["unet"][k]) for k in one_step["unet"])  # the UNet went on
     assert not all(along["text"][k].equal(longer["text"][k]) for k in along["text"])  # by default it trains along
+
+
+def test_fast_kernels_train_in_bfloat16_and_still_repeat_themselves(vae_stage_file, tmp_path):
+    path, _, _ = vae_stage_file
+    fast = replace(TINY, fast_kernels=True)
+    loss = train.vae_loss(train.AutoencoderKL(**train.VAE_CONFIG), [train.random_scene(random.Random(1))], 32, fast)
+    assert loss.dtype == torch.float32 and loss.requires_grad  # autocast inside, a float32 loss outside
+
+    def unet_of(recipe, name):
+        train.run(recipe, tmp_path / name, vae_from=path)
+        with safe_open(str(tmp_path / name), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.diffusion_model.")}
+
+    first, again, plain = unet_of(fast, "a.safetensors"), unet_of(fast, "b.safetensors"), unet_of(TINY, "c.safetensors")
+    assert all(first[k].equal(again[k]) for k in first)  # same seed, same file
+    assert not all(first[k].equal(plain[k]) for k in first)  # the bfloat16 passes are really used
+
+
+def test_tag_captions_name_the_same_attributes_as_tags():
+    scene = train.Scene(shape="star", colour="red", background="blue", position="top left", size="small")
+    assert scene.tags() == "red, star, small, top left, blue background"
+    assert scene.tags(shape=False, size=False, position=False, background=False) == "red"  # a negative prompt's word
+    scenes = [scene] * 8
+    index = torch.arange(8)
+
+    def captions(recipe):
+        sampler = train.CaptionSampler(scenes, recipe)
+        gen = torch.Generator().manual_seed(0)
+        ids = sampler(index, gen)
+        decoded = [sampler.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+        return [text.replace(" ,", ",") for text in decoded], gen.get_state()  # the decoder spaces commas
+
+    keep_all = (("colour", 1.0), ("shape", 1.0), ("size", 1.0), ("position", 1.0), ("background", 1.0))
+    as_tags, _ = captions(replace(TINY, caption_keep=keep_all, caption_dropout=0.0, tag_captions=1.0))
+    as_sentences, stream = captions(replace(TINY, caption_keep=keep_all, caption_dropout=0.0))
+    assert set(as_tags) == {"red, star, small, top left, blue background"}
+    assert set(as_sentences) == {"a small red star at the top left on a blue background"}
+    # Without tag captions no extra random numbers are drawn, so older recipes keep their captions and noise.
+    reference = torch.Generator().manual_seed(0)
+    torch.rand(8, 5, generator=reference), torch.rand(8, generator=reference)
+    assert torch.equal(stream, reference.get_state())

@@ -76,6 +76,14 @@ class Scene:
             words += ["on a", self.background, "background"]
         return " ".join(words)
 
+    def tags(self, colour: bool = True, shape: bool = True, size: bool = True, position: bool = True,
+             background: bool = True) -> str:
+        """The chosen attributes as comma-separated tags, the way many prompts are typed:
+        "red, star, small, top left, blue background"; only the colour: "red"."""
+        named = [(colour, self.colour), (shape, self.shape), (size, self.size), (position, self.position),
+                 (background, f"{self.background} background")]
+        return ", ".join(word for chosen, word in named if chosen)
+
 
 def random_scene(rng: random.Random, allow_held_out: bool = False) -> Scene:
     while True:
