@@ -12,10 +12,10 @@ from backend.demo_model.evaluate import DemoEvaluator, held_out_prompts
 from backend.demo_model.scenes import HELD_OUT
 from backend.devices import DeviceSettings
 
-# The shipped model draws the held-out colours (100% at CFG 7) but their shapes in only 62% of the
-# pictures. Issue 3 has the numbers. strict: the day a retrained model passes, this turns into a failure
-# to un-mark.
-SHAPES_BELOW_BAR = pytest.mark.xfail(strict=True, reason="held-out shape adherence is under 70% (issue 3)")
+# The shipped model follows held-out prompts at CFG 1 almost as well as at CFG 7 (on these 24 pictures,
+# 88% and 90%), so the issue's "CFG 7 clearly above CFG 1" is not met. Issue 3 has the numbers. strict:
+# the day a retrained model passes, this turns into a failure to un-mark.
+CFG_GAIN_BELOW_BAR = pytest.mark.xfail(strict=True, reason="CFG 7 is under 10 points above CFG 1 (issue 3)")
 
 
 def test_demo_file_is_small_and_carries_its_model_card():
@@ -64,16 +64,21 @@ def test_held_out_colours_follow_the_prompt(adherence):
     assert at7.colour >= 0.9, f"colour adherence {at7.colour:.0%}"
 
 
-@SHAPES_BELOW_BAR
 def test_held_out_shapes_follow_the_prompt(adherence):
     at7, _ = adherence
     assert at7.shape >= 0.7, f"shape adherence {at7.shape:.0%}"
 
 
-def test_cfg_matters(adherence):
+def test_guidance_does_not_cost_adherence(adherence):
     at7, at1 = adherence
     # The issue's adherence: colour and shape, which every prompt names. (Position and background, named by
     # half of them, follow the prompt at neither scale yet: see the evaluator's whole-prompt line.)
+    assert at7.adherence >= at1.adherence, (at7, at1)
+
+
+@CFG_GAIN_BELOW_BAR
+def test_cfg_matters(adherence):
+    at7, at1 = adherence
     assert at7.colour >= at1.colour and at7.shape >= at1.shape, (at7, at1)
     assert at7.adherence >= at1.adherence + 0.1, (at7, at1)
 
