@@ -62,6 +62,7 @@ def test_the_unet_stage_on_a_reused_vae_repeats_itself_and_its_own_seed_changes_
     reseeded, reseeded_card = unet_of(replace(TINY, unet_seed=7), "c.safetensors")
     offset, offset_card = unet_of(replace(TINY, noise_offset=0.1), "d.safetensors")
     assert card["studio.vae_from"] == "earlier.safetensors"
+    assert card["studio.training_device"] == "cpu"
     assert all(first[k].equal(again[k]) for k in first)
     assert not all(first[k].equal(reseeded[k]) for k in first)
     assert '"unet_seed": 7' in reseeded_card["studio.recipe"]
@@ -176,3 +177,29 @@ def test_tag_captions_name_the_same_attributes_as_tags():
     reference = torch.Generator().manual_seed(0)
     torch.rand(8, 5, generator=reference), torch.rand(8, generator=reference)
     assert torch.equal(stream, reference.get_state())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal a machine without a GPU gives")
+def test_without_a_gpu_auto_trains_on_the_cpu_and_asking_for_cuda_says_why_not():
+    assert train.training_device("auto") == torch.device("cpu")
+    assert train.training_device("cpu") == torch.device("cpu")
+    with pytest.raises(SystemExit, match="no CUDA GPU"):
+        train.training_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_run_trains_there_repeats_its_draws_and_saves_a_cpu_file(vae_stage_file, tmp_path):
+    path, _, _ = vae_stage_file
+    gpu = train.training_device("auto")
+    assert gpu.type == "cuda"
+    train.run(TINY, tmp_path / "gpu.safetensors", vae_from=path, device=gpu)
+    train.run(TINY, tmp_path / "cpu.safetensors", vae_from=path)
+    with safe_open(str(tmp_path / "gpu.safetensors"), "pt") as on_gpu, \
+            safe_open(str(tmp_path / "cpu.safetensors"), "pt") as on_cpu:
+        assert on_gpu.metadata()["studio.training_device"].startswith("cuda (")
+        assert on_gpu.keys() == on_cpu.keys()
+        unet = [k for k in on_gpu.keys() if k.startswith("model.diffusion_model.")]
+        assert all(torch.isfinite(on_gpu.get_tensor(k)).all() for k in unet)
+        # The same initial weights, batches and noise: two steps apart only by the devices' arithmetic.
+        assert all(torch.allclose(on_gpu.get_tensor(k).float(), on_cpu.get_tensor(k).float(), atol=1e-2)
+                   for k in unet)

@@ -2,13 +2,16 @@
 
     python -m backend.demo_model.train            # 54 minutes on 2 CPU cores (a Xeon with AMX)
     python -m backend.demo_model.train --quick    # a minute, for trying changes
+    python -m backend.demo_model.train --device cpu   # the CPU even where there is a CUDA GPU (taken by default)
     python -m backend.demo_model.train --vae-from backend/demo_model/studio-demo.safetensors --out X
         # the UNet stage only, on that file's VAE and the full run's scenes: 7 minutes sooner,
         # to compare UNet recipes (ship what a full run makes); --unet-seed N runs one again,
         # --set FIELD=VALUE changes one recipe field (e.g. --set noise_offset=0.1)
 
 Same seed, same file: data, initialisation and training order all come from
-`--seed`, and the step counts are fixed (not "train for N minutes").
+`--seed`, and the step counts are fixed (not "train for N minutes"). Weights are
+initialised and every random draw is made on the CPU, so a GPU run trains on
+the same batches and noise; only its arithmetic rounds differently.
 
 The model is an SD1.x-family checkpoint, only small: an AutoencoderKL with 8x
 downsampling, a cross-attention UNet2DConditionModel and a CLIP text encoder
@@ -175,14 +178,34 @@ def unet_config(recipe: Recipe) -> dict:
     return UNET_CONFIG | {"block_out_channels": tuple(recipe.unet_channels)}
 
 
-def mixed_precision(recipe: Recipe):
-    """The forward passes' autocast: bfloat16 with `fast_kernels`, else a no-op."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.fast_kernels)
+def training_device(name: str = "auto") -> torch.device:
+    """The device to train on: "auto" takes a CUDA GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: this torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+    return device
+
+
+def _native_bfloat16(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return True  # slower than float32 on CPUs without AMX or AVX512-BF16; see Recipe.fast_kernels
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def mixed_precision(recipe: Recipe, device: torch.device):
+    """The forward passes' autocast: bfloat16 with `fast_kernels` where the device has it, else a no-op
+    (older GPUs have no bfloat16, and float16 would need loss scaling: they train in float32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=recipe.fast_kernels and _native_bfloat16(device))
 
 
 def optimiser(kind: type[torch.optim.Adam], model: torch.nn.Module, lr: float, recipe: Recipe, **options):
-    """Adam or AdamW over the model's parameters, fused into one kernel with `fast_kernels`."""
-    return kind(model.parameters(), lr=lr, fused=recipe.fast_kernels or None, **options)
+    """Adam or AdamW over the model's parameters, fused into one kernel with `fast_kernels` (CPU and CUDA)."""
+    device = next(model.parameters()).device
+    fused = recipe.fast_kernels and device.type in ("cpu", "cuda")
+    return kind(model.parameters(), lr=lr, fused=fused or None, **options)
 
 
 def log(message: str, started: float) -> None:
@@ -195,14 +218,14 @@ def log(message: str, started: float) -> None:
 def shape_mask(batch: torch.Tensor, scenes) -> torch.Tensor:
     """(n, 1, h, w): 1 where a pixel differs from its scene's background colour."""
     background = torch.tensor([COLOURS[s.background] for s in scenes], dtype=torch.float32)
-    background = background.view(-1, 3, 1, 1) / 127.5 - 1
+    background = background.view(-1, 3, 1, 1).to(batch.device) / 127.5 - 1
     return ((batch - background).abs().amax(1, keepdim=True) > 0.1).float()
 
 
 def vae_loss(vae: AutoencoderKL, scenes, size: int, recipe: Recipe) -> torch.Tensor:
-    batch = to_tensor([render(s, size, supersample=2) for s in scenes])
+    batch = to_tensor([render(s, size, supersample=2) for s in scenes]).to(vae.device)
     weight = 1 + (recipe.vae_shape_weight - 1) * shape_mask(batch, scenes)
-    with mixed_precision(recipe):
+    with mixed_precision(recipe, vae.device):
         posterior = DiagonalGaussianDistribution(vae.encode(batch).latent_dist.parameters.float())
         # Decoded from the mean, as the studio encodes: sampling the posterior only blurs the edges.
         recon = vae.decode(posterior.mean).sample.float()
@@ -212,8 +235,8 @@ def vae_loss(vae: AutoencoderKL, scenes, size: int, recipe: Recipe) -> torch.Ten
     return loss + recipe.vae_anchor_weight * anchor + 1e-6 * posterior.kl().mean()
 
 
-def train_vae(recipe: Recipe, rng: random.Random, started: float) -> AutoencoderKL:
-    vae = AutoencoderKL(**VAE_CONFIG)
+def train_vae(recipe: Recipe, rng: random.Random, started: float, device: torch.device) -> AutoencoderKL:
+    vae = AutoencoderKL(**VAE_CONFIG).to(device)  # built on the CPU first: the same initial weights anywhere
     opt = optimiser(torch.optim.Adam, vae, recipe.vae_lr, recipe)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.vae_lr, total_steps=recipe.vae_steps, pct_start=0.05)
     for step in range(recipe.vae_steps):
@@ -231,7 +254,7 @@ def train_vae(recipe: Recipe, rng: random.Random, started: float) -> Autoencoder
 @torch.no_grad()
 def fold_latent_scale(vae: AutoencoderKL, images: torch.Tensor) -> float:
     """Rescale quant_conv/post_quant_conv so latents * 0.18215 have unit standard deviation."""
-    std = vae.encode(images).latent_dist.mean.std().item()
+    std = vae.encode(images.to(vae.device)).latent_dist.mean.std().item()
     k = 1.0 / (SD1_SCALING * std)
     vae.quant_conv.weight[:4] *= k  # the mean channels
     vae.quant_conv.bias[:4] *= k
@@ -279,7 +302,7 @@ def build_dataset(recipe: Recipe, vae: AutoencoderKL, rng: random.Random, starte
     scenes = [random_scene(rng) for _ in range(recipe.scenes)]
     latents, masks = [], []
     for i in range(0, len(scenes), 64):
-        images = to_tensor([render(s, RESOLUTION, supersample=2) for s in scenes[i:i + 64]])
+        images = to_tensor([render(s, RESOLUTION, supersample=2) for s in scenes[i:i + 64]]).to(vae.device)
         latents.append(vae.encode(images).latent_dist.mean * SD1_SCALING)
         # Latent cells the shape touches, and their neighbours: where the shape's outline is drawn.
         masks.append(F.max_pool2d(F.max_pool2d(shape_mask(images, scenes[i:i + 64]), 8), 3, stride=1, padding=1))
@@ -318,20 +341,25 @@ def prediction_target(recipe: Recipe, x0: torch.Tensor, noise: torch.Tensor, a: 
 
 def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor, scenes: list[Scene],
                started: float):
+    """The UNet and text encoder, trained on the device `latents` are on. The random draws are made on the
+    CPU whatever the device, so a GPU run sees the same batches, captions and noise as a CPU run."""
+    device = latents.device
     seed = recipe.seed if recipe.unet_seed is None else recipe.unet_seed
     gen = torch.Generator().manual_seed(seed + 1)
     torch.manual_seed(seed + 2)
-    # Plain attention with fast_kernels: at 77 tokens and 8x8 cells the CPU's flash attention spends more on
-    # its backward pass than it saves. The saved weights are the same either way.
-    attention = {"attn_implementation": "eager"} if recipe.fast_kernels else {}
+    # Plain attention with fast_kernels on the CPU: at 77 tokens and 8x8 cells the CPU's flash attention spends
+    # more on its backward pass than it saves. The saved weights are the same either way.
+    plain_attention = recipe.fast_kernels and device.type == "cpu"
+    attention = {"attn_implementation": "eager"} if plain_attention else {}
     text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG, **attention))
     unet = UNet2DConditionModel(**unet_config(recipe))
-    if recipe.fast_kernels:
+    if plain_attention:
         unet.set_attn_processor(AttnProcessor())
+    text_encoder, unet = text_encoder.to(device), unet.to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     ema_weights, unet_weights = list(ema.parameters()), list(unet.parameters())
     noise_schedule = DDPMScheduler.from_config(training_schedule(recipe))
-    alphas = noise_schedule.alphas_cumprod
+    alphas = noise_schedule.alphas_cumprod.to(device)
     text_steps = recipe.unet_steps if recipe.text_encoder_steps is None else recipe.text_encoder_steps
     stages = [(unet, recipe.unet_lr, recipe.unet_steps), (text_encoder, recipe.text_encoder_lr, text_steps)]
     optimisers = [optimiser(torch.optim.AdamW, model, lr, recipe, weight_decay=0.01) for model, lr, _ in stages]
@@ -341,21 +369,22 @@ def train_unet(recipe: Recipe, latents: torch.Tensor, shape_cells: torch.Tensor,
     n = latents.shape[0]
     for step in range(recipe.unet_steps):
         index = torch.randint(0, n, (recipe.unet_batch,), generator=gen)
-        ids = captions(index, gen)
-        x0 = latents[index]
+        ids = captions(index, gen).to(device)
+        x0 = latents[index.to(device)]
         noise = torch.randn(x0.shape, generator=gen)
         if recipe.noise_offset:  # drawn only when asked for, so the other recipes' random streams stay as they were
             noise = noise + recipe.noise_offset * torch.randn(*x0.shape[:2], 1, 1, generator=gen)
-        t = noise_levels(recipe, recipe.unet_batch, len(alphas), gen)
+        noise = noise.to(device)
+        t = noise_levels(recipe, recipe.unet_batch, len(alphas), gen).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         training = [0, 1] if step < text_steps else [0]  # the UNet, and the text encoder until its steps are done
         if step == text_steps:
             text_encoder.requires_grad_(False)
-        with mixed_precision(recipe):
+        with mixed_precision(recipe, device):
             prediction = unet(noisy, t, text_encoder(ids).last_hidden_state).sample.float()
         target, weight = prediction_target(recipe, x0, noise, a)
-        weight = weight * (1 + (recipe.unet_shape_weight - 1) * shape_cells[index])
+        weight = weight * (1 + (recipe.unet_shape_weight - 1) * shape_cells[index.to(device)])
         loss = (weight * (prediction - target).pow(2)).mean()
         for i in training:
             optimisers[i].zero_grad(set_to_none=True)
@@ -400,7 +429,7 @@ def model_card(recipe: Recipe, seconds: float) -> dict[str, str]:
 
 def save(path: Path, unet, vae, text_encoder, card: dict[str, str], recipe: Recipe) -> None:
     state = unet_to_ldm(unet) | vae_to_ldm(vae) | clip_to_ldm(text_encoder, "cond_stage_model.transformer.")
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in state.items()
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in state.items()
              if not k.endswith("position_ids")}
     if recipe.zero_terminal_snr:  # the empty marker tensors ComfyUI, Forge and our loader read
         state |= {arch.V_PRED_MARKER: torch.zeros(0), arch.ZTSNR_MARKER: torch.zeros(0)}
@@ -408,9 +437,10 @@ def save(path: Path, unet, vae, text_encoder, card: dict[str, str], recipe: Reci
     save_file(state, str(path), metadata=card)
 
 
-def vae_stage(recipe: Recipe, rng: random.Random, started: float) -> tuple[AutoencoderKL, Scores]:
+def vae_stage(recipe: Recipe, rng: random.Random, started: float,
+              device: torch.device = torch.device("cpu")) -> tuple[AutoencoderKL, Scores]:
     """Stages 1-3: train the VAE, gate it on its reconstructions, fold the latent scale."""
-    vae = train_vae(recipe, rng, started)
+    vae = train_vae(recipe, rng, started, device)
     vae_scores = reconstruction_scores(vae)
     log(f"VAE reconstructions of {vae_scores.count} scenes: colour {vae_scores.colour:.0%}, "
         f"shape {vae_scores.shape:.0%} (bar {recipe.vae_min_colour:.0%} / {recipe.vae_min_shape:.0%})", started)
@@ -425,7 +455,8 @@ VAE_FIELDS = ("seed", "vae_steps", "vae_batch", "vae_draw_size", "vae_lr", "vae_
               "fast_kernels")
 
 
-def reused_vae_stage(recipe: Recipe, rng: random.Random, checkpoint: Path) -> tuple[AutoencoderKL, Scores]:
+def reused_vae_stage(recipe: Recipe, rng: random.Random, checkpoint: Path,
+                     device: torch.device = torch.device("cpu")) -> tuple[AutoencoderKL, Scores]:
     """The VAE of an earlier run's file, in place of stages 1-3 (7 of a run's 54 minutes on 2 cores).
 
     The earlier run must share the VAE part of the recipe. Its scene draws are replayed, so the UNet
@@ -446,19 +477,27 @@ def reused_vae_stage(recipe: Recipe, rng: random.Random, checkpoint: Path) -> tu
         random_scene(rng, allow_held_out=True)
     for _ in range(64):  # the latent-scale probe
         random_scene(rng)
-    return vae.eval(), reconstruction_scores(vae)
+    vae = vae.to(device).eval()
+    return vae, reconstruction_scores(vae)
 
 
-def run(recipe: Recipe, out: Path, vae_from: Path | None = None) -> None:
+def device_description(device: torch.device) -> str:
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
+
+
+def run(recipe: Recipe, out: Path, vae_from: Path | None = None, device: torch.device = torch.device("cpu")) -> None:
     torch.manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
     started = time.monotonic()
-    vae, vae_scores = reused_vae_stage(recipe, rng, vae_from) if vae_from else vae_stage(recipe, rng, started)
+    log(f"training on {device_description(device)}", started)
+    vae, vae_scores = (reused_vae_stage(recipe, rng, vae_from, device) if vae_from
+                       else vae_stage(recipe, rng, started, device))
     latents, shape_cells, scenes = build_dataset(recipe, vae, rng, started)
     log(f"latent std after scaling {latents.std().item():.3f}", started)
     unet, text_encoder = train_unet(recipe, latents, shape_cells, scenes, started)
     seconds = time.monotonic() - started
-    card = model_card(recipe, seconds) | {"studio.vae_reconstruction": json.dumps(asdict(vae_scores))}
+    card = model_card(recipe, seconds) | {"studio.vae_reconstruction": json.dumps(asdict(vae_scores)),
+                                          "studio.training_device": device_description(device)}
     if vae_from:
         card["studio.vae_from"] = vae_from.name
     save(out, unet, vae, text_encoder, card, recipe)
@@ -508,13 +547,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="change one recipe field, to try a variant; the file's card records the whole recipe")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="auto",
+                    help="cpu, cuda or cuda:N (default: a CUDA GPU when there is one, else the CPU)")
     args = ap.parse_args(argv)
     recipe = with_settings(Recipe(seed=args.seed, unet_seed=args.unet_seed), args.set)
     if args.quick:
         recipe = replace(recipe, vae_steps=50, scenes=128, unet_steps=50, vae_min_colour=0, vae_min_shape=0)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run(recipe, args.out, args.vae_from)
+    run(recipe, args.out, args.vae_from, training_device(args.device))
 
 
 if __name__ == "__main__":
