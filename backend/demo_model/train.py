@@ -131,6 +131,9 @@ class Recipe:
     min_snr_gamma: float = 5.0
     # Offset noise: a per-channel constant added to the training noise, so the picture's mean colour is not
     # left to leak through SD1's last noise level (the sampler's first step has no such leak to read).
+    # At 0.1 on the recipe as it stands (the UNet stage on the shipped file's VAE, 72 held-out pictures): the
+    # named background in 44% of long prompts (17% as shipped), colour 90% (92%), shape 78% (79%), position 11%.
+    # Pyramid noise as well (0.4 at 2x2, 4x4 and 8x8 cells), 3000 steps: position 17%, shapes blobs (18%).
     noise_offset: float = 0.0
     # v-prediction on SD1's schedule rescaled so its last step is pure noise (Lin et al. 2023, "Common diffusion
     # noise schedules and sample steps are flawed"). On SD1's own schedule the last step keeps 7% of the picture,
