@@ -110,6 +110,8 @@ class Recipe:
     # The recipe as it stands (fast_kernels, 10000 UNet steps, 6400 scenes, a quarter tag captions), 3236 s:
     # colour 92% (CFG 1: 88%), shape 79% (82%), "a circle" red family 13 -> 0 with the negative "red". CFG 7
     # no longer beats CFG 1 by much: the longer-trained model follows held-out prompts without guidance.
+    # The same recipe with --seed 1 (VAE: colour 94%, shape 92%): colour 86% (83%), shape 54% (74%), CFG 7
+    # eight points below CFG 1, many of its CFG 7 pictures holding two shapes. Seed 0's file is the lucky draw.
     vae_steps: int = 2200
     vae_batch: int = 8
     vae_draw_size: int = 64  # whole scenes at 64 px: a quarter of the cost, the same convolutions
