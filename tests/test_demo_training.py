@@ -203,3 +203,24 @@ def test_on_a_gpu_the_run_trains_there_repeats_its_draws_and_saves_a_cpu_file(va
         # The same initial weights, batches and noise: two steps apart only by the devices' arithmetic.
         assert all(torch.allclose(on_gpu.get_tensor(k).float(), on_cpu.get_tensor(k).float(), atol=1e-2)
                    for k in unet)
+
+
+def test_a_run_scores_its_file_and_names_the_goals_it_misses(vae_stage_file, tmp_path, capsys):
+    path, _, _ = vae_stage_file
+    train.run(TINY, tmp_path / "scored.safetensors", vae_from=path, evaluate_steps=2)
+    printed = capsys.readouterr().out
+    assert "colour adherence  CFG 7:" in printed and "'a circle', 48 seeds" in printed
+    assert "goals missed: colour" in printed  # two training steps draw no held-out colour right
+
+
+def test_a_report_names_each_missed_goal_with_its_number():
+    from backend.demo_model.evaluate import Report, Scores
+
+    negative = {"seeds": 48, "red_family_without": 13, "red_family_with_negative": 0}
+    good = Report(at7=Scores(colour=0.95, shape=0.8, count=24), at1=Scores(colour=0.8, shape=0.7, count=24),
+                  negative=negative)
+    assert good.shortfalls() == []
+    poor = Report(at7=Scores(colour=0.86, shape=0.54, count=24), at1=Scores(colour=0.83, shape=0.74, count=24),
+                  negative=negative | {"red_family_with_negative": 13})
+    assert poor.shortfalls() == ["colour 86% < 90%", "shape 54% < 70%", "CFG 7 only -8 points over CFG 1 (goal +10)",
+                                 "negative 'red' does not lessen red's family (13 -> 13)"]

@@ -262,6 +262,7 @@ class DemoEvaluator:
         plain_colours = [dominant_colour(im) for im in plain]
         negated_colours = [dominant_colour(im) for im in negated]
         return {
+            "seeds": seeds,
             "red_images_without": plain_colours.count("red"),
             "red_images_with_negative": negated_colours.count("red"),
             "red_family_without": sum(c in RED_FAMILY for c in plain_colours),
@@ -269,6 +270,56 @@ class DemoEvaluator:
             "red_share_without": float(np.mean([colour_share(im, "red") for im in plain])),
             "red_share_with_negative": float(np.mean([colour_share(im, "red") for im in negated])),
         }
+
+
+@dataclass
+class Report:
+    """The issue's four prompt measures for one checkpoint, and the goals they are held to."""
+    at7: Scores
+    at1: Scores
+    negative: dict[str, float]
+
+    def lines(self) -> list[str]:
+        at7, at1, negative = self.at7, self.at1, self.negative
+        return [
+            f"held-out prompts: {at7.count} pictures at each CFG ({len(HELD_OUT)} colour x shape pairs never seen "
+            "in training)",
+            f"colour adherence  CFG 7: {at7.colour:.0%}   CFG 1: {at1.colour:.0%}   (goal >= 90% at CFG 7)",
+            f"shape adherence   CFG 7: {at7.shape:.0%}   CFG 1: {at1.shape:.0%}   (goal >= 70% at CFG 7)",
+            f"position (long prompts)    CFG 7: {at7.position:.0%}   CFG 1: {at1.position:.0%}",
+            f"background (long prompts)  CFG 7: {at7.background:.0%}   CFG 1: {at1.background:.0%}",
+            f"adherence (colour and shape)  CFG 7: {at7.adherence:.0%}   CFG 1: {at1.adherence:.0%}   "
+            "(goal: 10 points higher at 7)",
+            f"whole prompt (all named)      CFG 7: {at7.whole_prompt:.0%}   CFG 1: {at1.whole_prompt:.0%}",
+            f"'a circle', {negative['seeds']} seeds: red images {negative['red_images_without']} without, "
+            f"{negative['red_images_with_negative']} with negative prompt 'red'; red, orange, pink or brown "
+            f"{negative['red_family_without']} -> {negative['red_family_with_negative']}; red pixel share "
+            f"{negative['red_share_without']:.3f} -> {negative['red_share_with_negative']:.3f}",
+        ]
+
+    def shortfalls(self) -> list[str]:
+        """The goals this checkpoint misses, each said with its number; empty when it meets them all."""
+        missed = []
+        if self.at7.colour < 0.9:
+            missed.append(f"colour {self.at7.colour:.0%} < 90%")
+        if self.at7.shape < 0.7:
+            missed.append(f"shape {self.at7.shape:.0%} < 70%")
+        gain = self.at7.adherence - self.at1.adherence
+        if gain < 0.1:
+            missed.append(f"CFG 7 only {100 * gain:+.0f} points over CFG 1 (goal +10)")
+        if self.negative["red_family_with_negative"] >= self.negative["red_family_without"]:
+            missed.append(f"negative 'red' does not lessen red's family ({self.negative['red_family_without']} -> "
+                          f"{self.negative['red_family_with_negative']})")
+        return missed
+
+
+def measure(checkpoint: Path, steps: int = 20, rounds: int = 1, negative_seeds: int = 48) -> Report:
+    """Generate the held-out prompts at CFG 7 and 1 and the negative-prompt pairs, and score them."""
+    evaluator = DemoEvaluator(checkpoint, steps=steps)
+    prompts = held_out_prompts()
+    return Report(at7=evaluator.adherence(prompts, cfg=7.0, rounds=rounds),
+                  at1=evaluator.adherence(prompts, cfg=1.0, rounds=rounds),
+                  negative=evaluator.negative_prompt_effect(seeds=negative_seeds))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -279,24 +330,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=1, help="pictures per prompt, each on its own seed (tests: 1)")
     args = ap.parse_args(argv)
-    evaluator = DemoEvaluator(args.checkpoint, steps=args.steps)
-    prompts = held_out_prompts()
-    at7 = evaluator.adherence(prompts, cfg=7.0, rounds=args.rounds)
-    at1 = evaluator.adherence(prompts, cfg=1.0, rounds=args.rounds)
-    negative = evaluator.negative_prompt_effect()
-    print(f"held-out prompts: {len(prompts)} ({len(HELD_OUT)} colour x shape pairs never seen in training), "
-          f"{at7.count} pictures at each CFG")
-    print(f"colour adherence  CFG 7: {at7.colour:.0%}   CFG 1: {at1.colour:.0%}   (goal >= 90% at CFG 7)")
-    print(f"shape adherence   CFG 7: {at7.shape:.0%}   CFG 1: {at1.shape:.0%}   (goal >= 70% at CFG 7)")
-    print(f"position (long prompts)    CFG 7: {at7.position:.0%}   CFG 1: {at1.position:.0%}")
-    print(f"background (long prompts)  CFG 7: {at7.background:.0%}   CFG 1: {at1.background:.0%}")
-    print(f"adherence (colour and shape)  CFG 7: {at7.adherence:.0%}   CFG 1: {at1.adherence:.0%}   "
-          "(goal: 10 points higher at 7)")
-    print(f"whole prompt (all named)      CFG 7: {at7.whole_prompt:.0%}   CFG 1: {at1.whole_prompt:.0%}")
-    print(f"'a circle', 48 seeds: red images {negative['red_images_without']} without, "
-          f"{negative['red_images_with_negative']} with negative prompt 'red'; red, orange, pink or brown "
-          f"{negative['red_family_without']} -> {negative['red_family_with_negative']}; red pixel share "
-          f"{negative['red_share_without']:.3f} -> {negative['red_share_with_negative']:.3f}")
+    report = measure(args.checkpoint, steps=args.steps, rounds=args.rounds)
+    print("\n".join(report.lines()))
+    missed = report.shortfalls()
+    print("goals missed: " + "; ".join(missed) if missed else "all four goals met")
 
 
 if __name__ == "__main__":

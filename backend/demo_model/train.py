@@ -1,6 +1,7 @@
 """Train the studio's demo checkpoint from scratch, on scenes this project renders itself.
 
-    python -m backend.demo_model.train            # 54 minutes on 2 CPU cores (a Xeon with AMX)
+    python -m backend.demo_model.train            # 54 minutes on 2 CPU cores (a Xeon with AMX), then a
+                                                  # minute scoring the file against issue 3's goals
     python -m backend.demo_model.train --quick    # a minute, for trying changes
     python -m backend.demo_model.train --device cpu   # the CPU even where there is a CUDA GPU (taken by default)
     python -m backend.demo_model.train --vae-from backend/demo_model/studio-demo.safetensors --out X
@@ -73,7 +74,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from backend.demo_model.evaluate import Scores, reconstruction_scores, to_tensor
+from backend.demo_model.evaluate import Scores, measure, reconstruction_scores, to_tensor
 from backend.demo_model.scenes import COLOURS, HELD_OUT, Scene, random_scene, render
 from backend.models import architecture as arch
 from backend.models.ldm_export import clip_to_ldm, unet_to_ldm, vae_to_ldm
@@ -111,7 +112,8 @@ class Recipe:
     # colour 92% (CFG 1: 88%), shape 79% (82%), "a circle" red family 13 -> 0 with the negative "red". CFG 7
     # no longer beats CFG 1 by much: the longer-trained model follows held-out prompts without guidance.
     # The same recipe with --seed 1 (VAE: colour 94%, shape 92%): colour 86% (83%), shape 54% (74%), CFG 7
-    # eight points below CFG 1, many of its CFG 7 pictures holding two shapes. Seed 0's file is the lucky draw.
+    # eight points below CFG 1, many of its CFG 7 pictures holding two shapes. With --seed 2 (VAE: 100%, 98%):
+    # colour 90% (90%), shape 78% (83%), CFG 7 three points below CFG 1. Two seeds of three meet the bars.
     vae_steps: int = 2200
     vae_batch: int = 8
     vae_draw_size: int = 64  # whole scenes at 64 px: a quarter of the cost, the same convolutions
@@ -490,7 +492,11 @@ def device_description(device: torch.device) -> str:
     return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
-def run(recipe: Recipe, out: Path, vae_from: Path | None = None, device: torch.device = torch.device("cpu")) -> None:
+def run(recipe: Recipe, out: Path, vae_from: Path | None = None, device: torch.device = torch.device("cpu"),
+        evaluate_steps: int = 0) -> None:
+    """Train, save to `out`, and with `evaluate_steps` score the saved file on the evaluator's held-out
+    prompts at that many sampling steps, saying which of the issue's goals it misses: the recipe does not
+    meet them on every seed (see the Recipe's notes), so a retrained file says so itself."""
     torch.manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
     started = time.monotonic()
@@ -507,6 +513,12 @@ def run(recipe: Recipe, out: Path, vae_from: Path | None = None, device: torch.d
         card["studio.vae_from"] = vae_from.name
     save(out, unet, vae, text_encoder, card, recipe)
     log(f"saved {out} ({out.stat().st_size / 2**20:.1f} MB)", started)
+    if evaluate_steps:
+        report = measure(out, steps=evaluate_steps)
+        for line in report.lines():
+            log(line, started)
+        missed = report.shortfalls()
+        log("goals missed: " + "; ".join(missed) if missed else "all four goals met", started)
 
 
 def _as_tuples(value):
@@ -552,6 +564,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="change one recipe field, to try a variant; the file's card records the whole recipe")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-evaluate", action="store_true",
+                    help="skip scoring the saved file on the held-out prompts (about a minute on 2 CPU cores)")
     ap.add_argument("--device", default="auto",
                     help="cpu, cuda or cuda:N (default: a CUDA GPU when there is one, else the CPU)")
     args = ap.parse_args(argv)
@@ -560,7 +574,8 @@ def main(argv: list[str] | None = None) -> None:
         recipe = replace(recipe, vae_steps=50, scenes=128, unet_steps=50, vae_min_colour=0, vae_min_shape=0)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run(recipe, args.out, args.vae_from, training_device(args.device))
+    evaluate_steps = 0 if args.quick or args.no_evaluate else 20
+    run(recipe, args.out, args.vae_from, training_device(args.device), evaluate_steps)
 
 
 if __name__ == "__main__":
