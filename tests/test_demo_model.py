@@ -73,6 +73,8 @@ def test_guidance_does_not_cost_adherence(adherence):
     at7, at1 = adherence
     # The issue's adherence: colour and shape, which every prompt names. (Position and background, named by
     # half of them, follow the prompt at neither scale yet: see the evaluator's whole-prompt line.)
+    # These 24 pictures say 90% against 88%; 144 (the evaluator's --rounds 6) say 85.1% against 86.8%, within
+    # their sampling noise. What this holds off is a retrain like --seed 1's, eight points worse at CFG 7.
     assert at7.adherence >= at1.adherence, (at7, at1)
 
 
