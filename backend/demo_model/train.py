@@ -114,6 +114,9 @@ class Recipe:
     # The same recipe with --seed 1 (VAE: colour 94%, shape 92%): colour 86% (83%), shape 54% (74%), CFG 7
     # eight points below CFG 1, many of its CFG 7 pictures holding two shapes. With --seed 2 (VAE: 100%, 98%):
     # colour 90% (90%), shape 78% (83%), CFG 7 three points below CFG 1. Two seeds of three meet the bars.
+    # Seed 0's VAE and scenes with --unet-seed 1 (UNet-only): colour 86% (90%), shape 75% (76%), CFG 7 three points
+    # below CFG 1. So the UNet stage's seed alone can take colour below its bar; seed 1's shapes (54%) also owe
+    # something to its VAE or scenes.
     vae_steps: int = 2200
     vae_batch: int = 8
     vae_draw_size: int = 64  # whole scenes at 64 px: a quarter of the cost, the same convolutions
