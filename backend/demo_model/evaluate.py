@@ -286,12 +286,12 @@ class Report:
         return [
             f"held-out prompts: {at7.count} pictures at each CFG ({len(HELD_OUT)} colour x shape pairs never seen "
             "in training)",
-            f"colour adherence  CFG 7: {at7.colour:.0%}   CFG 1: {at1.colour:.0%}   (goal >= 90% at CFG 7)",
-            f"shape adherence   CFG 7: {at7.shape:.0%}   CFG 1: {at1.shape:.0%}   (goal >= 70% at CFG 7)",
+            f"colour adherence  CFG 7: {at7.colour:.0%}   CFG 1: {at1.colour:.0%}   (goal >= {COLOUR_GOAL:.0%} at CFG 7)",
+            f"shape adherence   CFG 7: {at7.shape:.0%}   CFG 1: {at1.shape:.0%}   (goal >= {SHAPE_GOAL:.0%} at CFG 7)",
             f"position (long prompts)    CFG 7: {at7.position:.0%}   CFG 1: {at1.position:.0%}",
             f"background (long prompts)  CFG 7: {at7.background:.0%}   CFG 1: {at1.background:.0%}",
             f"adherence (colour and shape)  CFG 7: {at7.adherence:.0%}   CFG 1: {at1.adherence:.0%}   "
-            "(goal: 10 points higher at 7)",
+            f"(goal: {100 * CFG_GAIN_GOAL:.0f} points higher at 7)",
             f"whole prompt (all named)      CFG 7: {at7.whole_prompt:.0%}   CFG 1: {at1.whole_prompt:.0%}",
             f"'a circle', {negative['seeds']} seeds: red images {negative['red_images_without']} without, "
             f"{negative['red_images_with_negative']} with negative prompt 'red'; red, orange, pink or brown "
