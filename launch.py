@@ -33,6 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--embeddings-dir", type=Path, action="append", default=None,
                    help="textual-inversion embeddings folder (default models/embeddings)")
     p.add_argument("--vae-dir", type=Path, action="append", default=None, help="VAE folder (default models/VAE)")
+    p.add_argument("--controlnet-dir", type=Path, action="append", default=None,
+                   help="more ControlNet folders, searched besides models/ControlNet")
+    p.add_argument("--controlnet-annotator-models-path", type=Path, default=None,
+                   help="folder of the ControlNet preprocessors' weights (default models/annotators)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: best available)")
     p.add_argument("--no-half", action="store_true", help="run in fp32 even on a GPU")
     p.add_argument("--medvram", action="store_true", help="keep only the active model part on the GPU")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.control.library import ControlLibrary, ControlPaths
 from backend.devices import DeviceSettings
 from backend.generation.service import GenerationService
 from backend.models.hashing import HashCache
@@ -28,6 +29,8 @@ class AppPaths:
     lora_dirs: list[Path] = field(default_factory=list)  # --lora-dir; models/Lora when empty
     embedding_dirs: list[Path] = field(default_factory=list)  # --embeddings-dir; models/embeddings when empty
     vae_dirs: list[Path] = field(default_factory=list)  # --vae-dir; models/VAE when empty
+    controlnet_dirs: list[Path] = field(default_factory=list)  # --controlnet-dir: searched besides models/ControlNet
+    annotator_dir: Path | None = None  # --controlnet-annotator-models-path; models/annotators when None
     builtin_checkpoints: list[Path] = field(default_factory=lambda: [DEMO_CHECKPOINT])
 
     @property
@@ -42,6 +45,12 @@ class AppPaths:
     def cache_file(self) -> Path:
         return self.root / "cache.json"
 
+    def control_paths(self) -> ControlPaths:
+        models = self.root / "models"
+        return ControlPaths(controlnet_dirs=[models / "ControlNet", *self.controlnet_dirs],
+                            annotator_dir=self.annotator_dir or models / "annotators",
+                            ipadapter_dirs=[models / "ipadapter"], clip_vision_dirs=[models / "clip_vision"])
+
 
 @dataclass
 class AppContext:
@@ -52,6 +61,7 @@ class AppContext:
     service: GenerationService
     device: DeviceSettings
     networks: NetworkLibrary
+    control: ControlLibrary
     command_flags: dict[str, Any] = field(default_factory=dict)  # as launched; /cmd-flags shows them, secrets hidden
 
 
@@ -66,12 +76,20 @@ def build_app_context(paths: AppPaths, device: DeviceSettings, command_flags: di
     networks = NetworkLibrary(paths.lora_dirs or [paths.root / "models" / "Lora"],
                               paths.embedding_dirs or [paths.root / "models" / "embeddings"],
                               paths.vae_dirs or [paths.root / "models" / "VAE"])
-    service = GenerationService(manager, options, styles, device, root=paths.root, networks=networks)
+    control = ControlLibrary(paths.control_paths(), device.device, device.dtype,
+                             cache_size=options.options.control_net_model_cache_size)
+    service = GenerationService(manager, options, styles, device, root=paths.root, networks=networks, control=control)
+    options.subscribe(lambda old, new: _apply_control_options(control, old, new))
     return AppContext(root=paths.root, options=options, styles=styles, manager=manager, service=service, device=device,
-                      networks=networks, command_flags=dict(command_flags or {}))
+                      networks=networks, control=control, command_flags=dict(command_flags or {}))
 
 
 def _apply_options(manager: ModelManager, old: Options, new: Options) -> None:
     """Settings that take effect at once, without a restart."""
     if old.sd_checkpoints_limit != new.sd_checkpoints_limit:
         manager.cache_size = new.sd_checkpoints_limit
+
+
+def _apply_control_options(control: ControlLibrary, old: Options, new: Options) -> None:
+    if old.control_net_model_cache_size != new.control_net_model_cache_size:
+        control.controlnets.cache_size = new.control_net_model_cache_size

@@ -77,13 +77,28 @@ class Options(BaseModel):
         1, ge=1, le=12,
         description="Clip skip: stop the text encoder this many layers before the end (1 = use all).",
     )
+    control_net_unit_count: int = Field(
+        3, ge=1, le=8, description="ControlNet units shown on txt2img and img2img (after a restart of the page)."
+    )
+    control_net_model_cache_size: int = Field(
+        2, ge=1, le=10, description="How many ControlNet models to keep loaded in memory at once."
+    )
+    control_net_no_detectmap: bool = Field(
+        False, description="Do not show the ControlNet maps (detected maps) next to the results."
+    )
+    control_net_detectmap_autosaving: bool = Field(
+        False, description="Save the ControlNet maps a job used, in the detected maps folder."
+    )
+    control_net_detectedmap_dir: str = Field(
+        "outputs/detected_maps", description="Folder where ControlNet maps are saved when saving them is on."
+    )
 
 
 # Options that name folders on the server. The API must not let clients set
 # these, or a remote user could make the app write anywhere on disk.
 PATH_OPTIONS: frozenset[str] = frozenset(
     {"outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples",
-     "outdir_txt2img_grids"}
+     "outdir_txt2img_grids", "control_net_detectedmap_dir"}
 )
 
 # Options a remote client must not turn on for itself: they decide what the server reaches out to.

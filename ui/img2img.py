@@ -16,6 +16,7 @@ from backend.generation.request import MASKED_CONTENT, Img2ImgRequest
 from backend.images.loading import to_mask, to_rgb
 from backend.images.resize import RESIZE_MODES, size_by_factor
 from backend.generation.service import GenerationResult
+from ui.controlnet import ControlWidgets, build_control_accordions
 from ui.errors import user_message
 from ui.extra_networks import build_extra_networks
 from ui.session_jobs import SessionJobs
@@ -65,6 +66,7 @@ class Img2ImgTab:
     masked_content: gr.Radio
     inpaint_area: gr.Radio
     padding: gr.Slider
+    control: ControlWidgets
 
 
 def _editor(elem_id: str, label: str, brush: gr.Brush) -> gr.ImageEditor:
@@ -145,6 +147,7 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
             last_seed = gr.State(-1)
             seed = build_seed_row("img2img", last_seed)
             clip_skip = build_clip_skip(ctx, "img2img")
+            control = build_control_accordions(ctx, "img2img", checkpoint, width, height)
 
         with gr.Column(scale=1, elem_id="img2img_results"):
             results = build_results("img2img", last_seed)
@@ -159,12 +162,13 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
               upload_mask, outpaint_image, pad_left, pad_right, pad_up, pad_down, batch_input, batch_output,
               batch_masks, resize_mode, resize_by_tab, scale_by, mask_blur, mask_mode, masked_content,
               inpaint_area, padding, sampler, schedule, steps, cfg, denoise, width, height, seed, batch_count,
-              batch_size, clip_skip]
+              batch_size, clip_skip, *control.inputs]
 
-    def run(mode_name, checkpoint_title, prompt_text, negative_text, style_names, image, sketch_value,
+    # `request` first: Gradio fills a gr.Request only among the leading positional parameters.
+    def run(request: gr.Request, mode_name, checkpoint_title, prompt_text, negative_text, style_names, image, sketch_value,
             inpaint_value, up_image, up_mask, out_image, left, right, up, down, in_dir, out_dir, mask_dir,
             resize, resize_tab, factor, blur, mask_mode_name, content, area, pad, sampler_name, schedule_type,
-            n_steps, cfg_scale, strength, w, h, seed_value, n_iter, n_batch, skip_layers, request: gr.Request):
+            n_steps, cfg_scale, strength, w, h, seed_value, n_iter, n_batch, skip_layers, *control_values):
         skipped: list[tuple[str, str]] = []
         try:
             fields = dict(
@@ -175,7 +179,7 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                 denoising_strength=float(strength), resize_mode=resize, mask_blur=int(blur),
                 inpainting_fill=content, inpaint_full_res=area == "Only masked",
                 inpaint_full_res_padding=int(pad), inpainting_mask_invert=mask_mode_name == "Inpaint not masked",
-                width=int(w), height=int(h))
+                width=int(w), height=int(h), controlnet_units=control.units_from(list(control_values)))
             if mode_name == "batch":
                 if not allow_folders:
                     raise ValueError("folder batches are turned off on this server")
@@ -206,7 +210,7 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
         sampler=sampler, schedule=schedule, steps=steps, cfg=cfg, denoise=denoise, width=width, height=height,
         seed=seed, batch_count=batch_count, batch_size=batch_size, clip_skip=clip_skip, resize_mode=resize_mode,
         mask_blur=mask_blur, mask_mode=mask_mode, masked_content=masked_content, inpaint_area=inpaint_area,
-        padding=padding)
+        padding=padding, control=control)
 
 
 def _need(image, what: str) -> Image.Image:

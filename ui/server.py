@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from backend.api.auth import parse_credentials
+from backend.api.controlnet_routes import create_controlnet_router
 from backend.api.routes import create_api_router
 from backend.app_context import AppContext, AppPaths, build_app_context
 from backend.devices import DeviceSettings
@@ -52,6 +53,7 @@ def build_http_app(ctx: AppContext, args: argparse.Namespace, ui_auth: list, api
                        allow_credentials=True)
     if documented:
         app.include_router(create_api_router(ctx, api_auth), prefix="/sdapi/v1")
+        app.include_router(create_controlnet_router(ctx, api_auth), prefix="/controlnet")
     if not args.nowebui:
         import gradio as gr
 
@@ -113,7 +115,10 @@ def serve_studio(args: argparse.Namespace) -> None:
     paths = AppPaths(root=args.data_dir.resolve(), checkpoint_dirs=[d.resolve() for d in args.ckpt_dir or []],
                      lora_dirs=[d.resolve() for d in args.lora_dir or []],
                      embedding_dirs=[d.resolve() for d in args.embeddings_dir or []],
-                     vae_dirs=[d.resolve() for d in args.vae_dir or []])
+                     vae_dirs=[d.resolve() for d in args.vae_dir or []],
+                     controlnet_dirs=[d.resolve() for d in args.controlnet_dir or []],
+                     annotator_dir=args.controlnet_annotator_models_path.resolve()
+                     if args.controlnet_annotator_models_path else None)
     ui_auth = parse_credentials(args.gradio_auth, args.gradio_auth_path)
     api_auth = parse_credentials(args.api_auth)
     ctx = build_app_context(paths, device, command_flags=vars(args))

@@ -11,6 +11,7 @@ import gradio as gr
 
 from backend.app_context import AppContext
 from backend.generation.request import HIRES_UPSCALERS, Txt2ImgRequest
+from ui.controlnet import ControlWidgets, build_control_accordions
 from ui.errors import user_message
 from ui.extra_networks import build_extra_networks
 from ui.session_jobs import SessionJobs
@@ -54,6 +55,7 @@ class Txt2ImgTab:
     batch_size: gr.Slider
     clip_skip: gr.Slider
     hires: HiresWidgets
+    control: ControlWidgets
 
     @property
     def generate(self) -> gr.Button:
@@ -96,6 +98,7 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
             last_seed = gr.State(-1)
             seed = build_seed_row("txt2img", last_seed)
             clip_skip = build_clip_skip(ctx, "txt2img")
+            control = build_control_accordions(ctx, "txt2img", checkpoint, width, height)
 
         with gr.Column(scale=1, elem_id="txt2img_results"):
             results = build_results("txt2img", last_seed)
@@ -104,11 +107,12 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                          scale=hr_scale, resize_x=hr_resize_x, resize_y=hr_resize_y)
     inputs = [checkpoint, row.prompt, row.negative, row.styles, sampler, schedule, steps, cfg, width, height, seed,
               batch_count, batch_size, clip_skip, hr_enabled, hr_upscaler, hr_scale, hr_resize_x, hr_resize_y,
-              hr_steps, hr_denoise]
+              hr_steps, hr_denoise, *control.inputs]
 
-    def run(checkpoint_title, prompt_text, negative_text, style_names, sampler_name, schedule_type, n_steps,
+    # `request` first: Gradio fills a gr.Request only among the leading positional parameters.
+    def run(request: gr.Request, checkpoint_title, prompt_text, negative_text, style_names, sampler_name, schedule_type, n_steps,
             cfg_scale, w, h, seed_value, n_iter, n_batch, skip_layers, hr_on, hr_up, hr_by, hr_x, hr_y, hr_n,
-            hr_strength, request: gr.Request):
+            hr_strength, *control_values):
         try:
             req = Txt2ImgRequest(
                 prompt=prompt_text or "", negative_prompt=negative_text or "", styles=style_names or [],
@@ -118,7 +122,8 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                 checkpoint=checkpoint_title or None,
                 hires={"enabled": bool(hr_on), "upscaler": hr_up, "upscale_by": float(hr_by),
                        "resize_x": int(hr_x), "resize_y": int(hr_y), "steps": int(hr_n),
-                       "denoising_strength": float(hr_strength)})
+                       "denoising_strength": float(hr_strength)},
+                controlnet_units=control.units_from(list(control_values)))
         except Exception as exc:  # validation: say which field is wrong
             raise gr.Error(user_message(exc)) from None
         yield from stream_job(ctx, jobs, request.session_hash, "txt2img", lambda job: ctx.service.txt2img(req, job))
@@ -128,4 +133,4 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
     wire_job_buttons(row, jobs)
     return Txt2ImgTab(row=row, results=results, sampler=sampler, schedule=schedule, steps=steps, cfg=cfg,
                       width=width, height=height, seed=seed, batch_count=batch_count, batch_size=batch_size,
-                      clip_skip=clip_skip, hires=hires)
+                      clip_skip=clip_skip, hires=hires, control=control)

@@ -184,6 +184,7 @@ def stream_job(ctx: AppContext, jobs: SessionJobs, session: str, name: str,
     result = outcome["result"]
     captions = [(str(p) if p else img, text.split("\n")[0][:80]) for img, p, text in
                 zip(result.images, result.paths or [None] * len(result.images), result.infotexts)]
+    captions += [(m, "ControlNet map") for m in getattr(result, "control_maps", [])]
     yield (captions, "", None, info_html(result.infotexts, result.interrupted, result.warnings),
            result.seeds[0] if result.seeds else -1, list(result.infotexts))
 

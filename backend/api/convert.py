@@ -23,6 +23,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from pydantic import ValidationError
 
+from backend.api.controlnet_units import CONTROLNET_SCRIPT, UnitError, units_from_api
 from backend.api.schemas import StableDiffusionImg2ImgProcessingAPI as ApiImg2Img
 from backend.api.schemas import StableDiffusionTxt2ImgProcessingAPI as ApiTxt2Img
 from backend.api.schemas import _ProcessingAPI as ApiProcessing
@@ -130,7 +131,8 @@ def _refusals(req: ApiProcessing, sampler: str, scheduler: str) -> list[tuple[st
     if req.disable_extra_networks and "<" in req.prompt + req.negative_prompt:
         problems.append(("disable_extra_networks", "cannot ignore <...> networks in the prompt"))
     for name in req.alwayson_scripts:
-        problems.append((f"alwayson_scripts.{name}", "always-on scripts are not supported"))
+        if name.lower() != CONTROLNET_SCRIPT:
+            problems.append((f"alwayson_scripts.{name}", "always-on scripts are not supported"))
     if isinstance(req, ApiImg2Img) and req.mask_blur is None and req.mask_blur_x != req.mask_blur_y:
         problems.append(("mask_blur_x/mask_blur_y", "different horizontal and vertical blur is not supported"))
     if isinstance(req, ApiTxt2Img) and req.enable_hr:
@@ -270,6 +272,11 @@ def _shared_fields(req: ApiProcessing, options: Options) -> dict[str, Any]:
             effective_schedule(sampler, scheduler)
         except ValueError as err:  # e.g. "Euler a" has no Karras schedule
             problems.append(("scheduler", str(err)))
+    units = []
+    try:
+        units = units_from_api(req.alwayson_scripts, lambda data, what: _api_image(data, what, options, open_image))
+    except UnitError as err:
+        problems += err.problems
     if problems:
         raise ApiFieldError(problems)
     fields: dict[str, Any] = dict(
@@ -277,7 +284,7 @@ def _shared_fields(req: ApiProcessing, options: Options) -> dict[str, Any]:
         sampler_name=sampler, scheduler=scheduler, steps=req.steps, cfg_scale=req.cfg_scale,
         width=req.width, height=req.height, seed=req.seed, batch_size=req.batch_size,
         n_iter=req.n_iter, clip_skip=options.CLIP_stop_at_last_layers,
-        save_images=req.save_images,
+        save_images=req.save_images, controlnet_units=units,
     )
     fields.update(overridden)
     return fields
@@ -370,7 +377,9 @@ def result_images(result: Any, send: bool) -> list[str]:
     if not send:
         return []
     texts = list(result.infotexts)
-    return [encode_png_base64(image, texts[i] if i < len(texts) else None) for i, image in enumerate(result.images)]
+    images = [encode_png_base64(image, texts[i] if i < len(texts) else None) for i, image in enumerate(result.images)]
+    # As sd-webui-controlnet: the maps the units used come after the pictures (a setting hides them).
+    return images + [encode_png_base64(m, None) for m in getattr(result, "control_maps", [])]
 
 
 def result_info(result: Any) -> str:

@@ -271,7 +271,8 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
 
     @router.get("/scripts", response_model=ScriptsList)
     def scripts() -> ScriptsList:
-        return ScriptsList()
+        # ControlNet is built in and takes sd-webui-controlnet's alwayson_scripts entry, so it is listed as there.
+        return ScriptsList(txt2img=["controlnet"], img2img=["controlnet"])
 
     @router.get("/extensions")
     def extensions() -> list[dict[str, Any]]:

@@ -101,6 +101,19 @@ def _masked_content(source: Image.Image, mask: Image.Image, req: Img2ImgRequest)
     return masking.fill_masked(source, mask) if req.inpainting_fill == "fill" else source
 
 
+def control_source(prepared: PreparedInput) -> Image.Image:
+    """What a ControlNet unit without an image of its own reads: the picture as it is sampled.
+
+    The input at the processing size, without "fill"'s blur: the crop around
+    the mask for "Only masked", the grown canvas for outpainting.
+    """
+    if prepared.paste_box is not None:
+        return prepared.original.crop(prepared.paste_box).resize(prepared.source.size, Image.Resampling.LANCZOS)
+    if prepared.overlay is not None and prepared.original.size == prepared.source.size:
+        return prepared.original
+    return prepared.source
+
+
 def finish_image(prepared: PreparedInput, result: Image.Image) -> Image.Image:
     """The output picture: the result pasted over the input through the blurred mask."""
     if prepared.overlay is None:
@@ -125,6 +138,7 @@ class _Img2ImgRun(SamplingRun):
         self.upcast = self.family.is_sdxl
         self._latents: dict[int, torch.Tensor] = {}
         self._masked_latents: dict[int, torch.Tensor] = {}
+        self._control_sources = [control_source(prepared) for prepared in self.inputs]  # made once: maps cache by it
 
     def size(self) -> tuple[int, int]:
         return self.work_size
@@ -184,7 +198,8 @@ class _Img2ImgRun(SamplingRun):
         indices = [k % len(self.inputs) for k in range(len(seeds))]
         if self.sampling_steps() < 1:  # strength 0 (or too low for one step): nothing to denoise
             return [self.inputs[i].original.copy() for i in indices]
-        pipe = self.pipeline(inpaint_class(self.loaded.pipe))
+        pipe = self.pipeline(inpaint_class(self.loaded.pipe), len(seeds),
+                             control_sources=[self._control_sources[i] for i in indices])
         latents = self.start_latents(pipe, seeds, indices).to(pipe.unet.dtype)
         if self.inpainting_model:
             masked = torch.cat([self.masked_image_latents(pipe, i) for i in indices]).to(pipe.unet.dtype)

@@ -12,6 +12,7 @@ from typing import Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from backend.control.units import MAX_UNITS, ControlUnit
 from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, effective_schedule
 from backend.images.resize import ResizeMode
 
@@ -86,6 +87,8 @@ class GenerationRequest(BaseModel):
     checkpoint: str | None = None
     vae: str | None = None  # "Automatic", "None" or a file in models/VAE; None = the sd_vae setting
     save_images: bool = True
+    # ControlNet and IP-Adapter units (the ControlNet accordion, or the API's alwayson_scripts.ControlNet).
+    controlnet_units: list[ControlUnit] = Field(default_factory=list, max_length=MAX_UNITS)
     # Extension parameters, keyed by extension id (see backend/extensions).
     extension_args: dict[str, dict] = Field(default_factory=dict)
 

@@ -28,6 +28,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from backend.control.plan import ControlPlan
 from backend.generation.job import JobControl
 from backend.generation.preview import latents_to_preview
 from backend.generation.request import GenerationRequest
@@ -48,6 +49,7 @@ class GenerationOutput:
     infotexts: list[str] = field(default_factory=list)
     params: list[dict] = field(default_factory=list)  # ordered infotext parameters, per image
     interrupted: bool = False
+    control_maps: list[Image.Image] = field(default_factory=list)  # the ControlNet maps the job used
 
 
 def resolve_seed(seed: int) -> int:
@@ -55,7 +57,7 @@ def resolve_seed(seed: int) -> int:
     return random.randrange(2**32 - 1) if seed == -1 else seed
 
 
-def derive_pipeline(pipe, pipeline_cls: type, scheduler, vae=None):
+def derive_pipeline(pipe, pipeline_cls: type, scheduler, vae=None, unet=None):
     """A `pipeline_cls` sharing `pipe`'s modules, with its own scheduler and call state.
 
     Built from `pipe.components` (diffusers' documented way to reuse weights)
@@ -73,6 +75,8 @@ def derive_pipeline(pipe, pipeline_cls: type, scheduler, vae=None):
     kwargs["scheduler"] = scheduler
     if vae is not None:  # a VAE the request chose instead of the checkpoint's own
         kwargs["vae"] = vae
+    if unet is not None:  # the UNet with this pass's ControlNet units (backend/control/controlled_unet.py)
+        kwargs["unet"] = unet
     if "add_watermarker" in accepted:  # SDXL: keep the base's choice, not the package default
         kwargs["add_watermarker"] = getattr(pipe, "watermark", None) is not None
     derived = pipeline_cls(**kwargs)
@@ -91,9 +95,11 @@ def img2img_class(pipe) -> type:
 class StepCallback:
     """`callback_on_step_end`: progress, live preview, interrupt/skip of one pass."""
 
-    def __init__(self, job: JobControl, family, steps: int, conditioning: StepConditioning | None = None):
+    def __init__(self, job: JobControl, family, steps: int, conditioning: StepConditioning | None = None,
+                 control: ControlPlan | None = None):
         self.job, self.family, self.steps = job, family, steps
         self.conditioning = conditioning
+        self.control = control
         self.stopped = False
         self._last_preview = 0
 
@@ -112,6 +118,8 @@ class StepCallback:
         if self.conditioning is not None and self.conditioning.changes:
             # Prompt editing / alternation: the texts of the next step (whole steps, as A1111 counts them).
             callback_kwargs.update(self.conditioning.for_step(pipe, done))
+        if self.control is not None:  # ControlNet start/end and IP-Adapter weights of the next step
+            self.control.end_step(pipe, i)
         return callback_kwargs
 
 
@@ -120,7 +128,8 @@ class SamplingRun:
 
     def __init__(self, loaded: LoadedCheckpoint, request: GenerationRequest, job: JobControl,
                  device_settings, prompt: str, negative_prompt: str, embeddings: EmbeddingStore | None = None,
-                 network_params: dict[str, object] | None = None, vae=None, vae_params: dict | None = None):
+                 network_params: dict[str, object] | None = None, vae=None, vae_params: dict | None = None,
+                 control: ControlPlan | None = None):
         self.loaded, self.request, self.job = loaded, request, job
         self.family = loaded.variant.family
         self.prompt, self.negative_prompt = prompt, negative_prompt
@@ -131,6 +140,7 @@ class SamplingRun:
         self.embeddings_used: set[str] = set()
         self.network_params = network_params or {}  # "Lora hashes", from the networks actually applied
         self.vae, self.vae_params = vae, vae_params or {}  # a chosen VAE ("VAE hash", "VAE") or the baked-in one
+        self.control = control if control is not None and control.active else None
 
     # --- what subclasses provide ---
     def steps_per_batch(self) -> int:
@@ -147,9 +157,23 @@ class SamplingRun:
         return self.request.width, self.request.height
 
     # --- building blocks ---
-    def pipeline(self, pipeline_cls: type):
-        """A fresh pipeline of `pipeline_cls` on the loaded weights, this run's VAE and a new scheduler."""
-        return derive_pipeline(self.loaded.pipe, pipeline_cls, self.scheduler(), vae=self.vae)
+    def pipeline(self, pipeline_cls: type, images: int = 1, size: tuple[int, int] | None = None,
+                 control_sources: list[Image.Image | None] | None = None):
+        """A fresh pipeline of `pipeline_cls` on the loaded weights, this run's VAE and a new scheduler.
+
+        With ControlNet units its UNet is the loaded one wrapped for this pass:
+        `images` in the batch, each conditioned on the map made from its unit's
+        image or from `control_sources[k]` (img2img's picture), at `size`.
+        """
+        unet = None
+        if self.control is not None:
+            scale = self.loaded.pipe.vae_scale_factor
+            unet = self.control.unet_for(self.loaded.pipe.unet, control_sources or [None], size or self.size(),
+                                         images, scale)
+        pipe = derive_pipeline(self.loaded.pipe, pipeline_cls, self.scheduler(), vae=self.vae, unet=unet)
+        if self.control is not None:
+            self.control.attach_ip_adapters(pipe, (control_sources or [None])[0])
+        return pipe
 
     def scheduler(self):
         return make_scheduler(self.request.sampler_name, self.request.scheduler,
@@ -168,7 +192,10 @@ class SamplingRun:
         conditioning = StepConditioning(self.prompt_encoder, strip_tags(self.prompt), strip_tags(self.negative_prompt),
                                         schedule_steps or steps, n)
         self.embeddings_used.update(conditioning.embeddings_used)
-        callback = StepCallback(self.job, self.family, steps, conditioning)
+        callback = StepCallback(self.job, self.family, steps, conditioning, self.control)
+        if self.control is not None:
+            self.control.start_pass(pipe)
+            kwargs.update(self.control.pipeline_kwargs(n))
         self.job.begin_pass(job_no, steps, text)
         try:
             result = pipe(**conditioning.pipeline_kwargs(), guidance_scale=self.request.cfg_scale,
@@ -200,6 +227,8 @@ class SamplingRun:
             params["Clip skip"] = req.clip_skip
         params.update(extra)
         params.update(self.network_params)
+        if self.control is not None:
+            params.update(self.control.infotext_params())
         if self.embeddings_used:
             params["TI hashes"] = ", ".join(f"{name}: {self.embeddings[name].shorthash}"
                                             for name in sorted(self.embeddings_used))
@@ -242,4 +271,6 @@ def run_batches(run: SamplingRun, job: JobControl) -> GenerationOutput:
             out.infotexts.append(format_infotext(run.prompt, run.negative_prompt, params))
         job.take_skip()
     out.interrupted = job.interrupted
+    if run.control is not None:
+        out.control_maps = list(run.control.maps_used)
     return out

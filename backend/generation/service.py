@@ -13,6 +13,8 @@ from typing import Any
 
 from PIL import Image
 
+from backend.control.library import ControlLibrary
+from backend.control.saving import save_control_maps
 from backend.devices import is_out_of_memory, release_cached_memory
 from backend.generation.img2img import run_img2img
 from backend.generation.job import JobControl
@@ -43,13 +45,15 @@ class GenerationResult:
     info: dict[str, Any] = field(default_factory=dict)  # A1111's `info` fields
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)  # said to the user: a LoRA that did not apply, ...
+    control_maps: list[Image.Image] = field(default_factory=list)  # ControlNet maps used (hidden by a setting)
 
 
 class GenerationService:
     def __init__(self, manager, options_store, styles, device_settings, *, root: Path | None = None,
-                 networks: NetworkLibrary | None = None):
+                 networks: NetworkLibrary | None = None, control: ControlLibrary | None = None):
         self.manager = manager
         self.networks = networks
+        self.control = control
         self.options_store = options_store
         self.styles = styles
         self.device_settings = device_settings
@@ -75,15 +79,23 @@ class GenerationService:
                 loaded = self.manager.load(self._checkpoint_name(request, options))
                 activation = self.networks.activate(loaded, prompt, negative, request.vae or options.sd_vae) \
                     if self.networks else Activation()
-                output = runner(loaded, request, job, device_settings=self.device_settings,
-                                prompt=prompt, negative_prompt=negative,
-                                **activation.runner_kwargs(self.networks.embeddings if self.networks else None))
+                plan = self._control_plan(loaded, request)
+                try:
+                    output = runner(loaded, request, job, device_settings=self.device_settings,
+                                    prompt=prompt, negative_prompt=negative, control=plan,
+                                    **activation.runner_kwargs(self.networks.embeddings if self.networks else None))
+                finally:
+                    if plan is not None:
+                        plan.close()  # the UNet as before the job, whatever happened
                 return loaded, activation, output
 
             loaded, activation, output = self.queue.run(job, on_device)  # waits while others' jobs run
             directory = self.output_dir(getattr(options, outdir_option), options)
             paths = self._save(output, request, loaded, prompt, negative, options, started, directory) \
                 if request.save_images else []
+            if output.control_maps and options.control_net_detectmap_autosaving and request.save_images:
+                save_control_maps(output.control_maps, self.output_dir(options.control_net_detectedmap_dir, options),
+                                  started)
         except InterruptedWhileQueued:
             return GenerationResult(images=[], infotexts=[], seeds=[], interrupted=True)
         except RuntimeError as err:
@@ -99,7 +111,16 @@ class GenerationService:
             images=output.images, infotexts=output.infotexts, seeds=output.seeds, paths=paths,
             info=self._info(output, request, loaded, prompt, negative, started),
             interrupted=output.interrupted, warnings=activation.warnings,
+            control_maps=[] if options.control_net_no_detectmap else list(output.control_maps),
         )
+
+    def _control_plan(self, loaded: LoadedCheckpoint, request: GenerationRequest):
+        if not any(unit.used for unit in request.controlnet_units):
+            return None
+        if self.control is None:
+            raise ValueError("ControlNet is not available in this studio")
+        return self.control.prepare(loaded, request.controlnet_units, request.cfg_scale,
+                                    has_init_image=isinstance(request, Img2ImgRequest))
 
     # --- helpers ---
     def _checkpoint_name(self, request: GenerationRequest, options) -> str:
