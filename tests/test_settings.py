@@ -39,7 +39,7 @@ def test_every_field_is_described_and_paths_are_marked():
     for name, info in Options.model_fields.items():
         assert info.description and len(info.description) > 10, name
     assert PATH_OPTIONS <= set(Options.model_fields)
-    assert {n for n in Options.model_fields if n.startswith("outdir_")} == PATH_OPTIONS
+    assert {n for n in Options.model_fields if n.startswith("outdir_") or n.endswith("_dir")} == PATH_OPTIONS
 
 
 @pytest.mark.parametrize(

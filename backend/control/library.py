@@ -7,6 +7,7 @@ model, a model of another family, a unit without an image in txt2img.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,8 @@ class ControlLibrary:
     # --- one job ---
     def prepare(self, loaded: LoadedCheckpoint, units: list[ControlUnit], cfg_scale: float,
                 has_init_image: bool) -> ControlPlan:
-        plan = ControlPlan(cfg=cfg_scale > 1, ip_attach=self.ip_adapters.attach)
+        plan = ControlPlan(cfg=cfg_scale > 1,
+                           ip_attach=functools.partial(self.ip_adapters.attach, family=loaded.variant.family))
         for index, unit in enumerate(units):
             if not unit.used:
                 continue

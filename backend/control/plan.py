@@ -22,6 +22,13 @@ Detector = Callable[[Image.Image, int | None], Image.Image]  # (source, resoluti
 
 
 @dataclass
+class _UNetOnly:
+    """What attaching an IP-Adapter reads of a pipeline: its UNet."""
+
+    unet: Any
+
+
+@dataclass
 class PlannedUnit:
     """A ControlNet unit with its model loaded and its preprocessor chosen."""
 
@@ -98,7 +105,9 @@ class ControlPlan:
                 if fallback is None:
                     raise ValueError(f"IP-Adapter {use.name} has no reference image: upload one")
                 use.images = [fallback]
-        self.ip_adapters = self.ip_attach(pipe, self.ip_uses)
+        # The adapters go on the loaded UNet itself, not on this pass's ControlNet wrapper around it.
+        unet = pipe.unet.unet if isinstance(pipe.unet, ControlledUNet) else pipe.unet
+        self.ip_adapters = self.ip_attach(_UNetOnly(unet), self.ip_uses)
 
     def pipeline_kwargs(self, images: int) -> dict:
         return self.ip_adapters.pipeline_kwargs(self.cfg, images) if self.ip_adapters is not None else {}

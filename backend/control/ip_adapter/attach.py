@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
 
-from backend.control.ip_adapter.types import FAMILY_BY_CROSS_DIM, FAMILY_LABEL, IpAdapterError, IpAdapterInfo, IpAdapterUse
+from backend.control.ip_adapter.types import (FAMILY_BY_CROSS_DIM, FAMILY_LABEL, IpAdapterError, IpAdapterInfo,
+                                              IpAdapterUse)
 from backend.models.types import ModelFamily
 
 _MISSING = object()
@@ -115,6 +117,9 @@ def put_on(unet, states: list[dict]) -> UnetSnapshot:
     return snapshot
 
 
+_IP_PROCESSORS = (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)
+
+
 class AttachedAdapters:
     """Adapters on a pipeline's UNet for one job: their embeddings, their schedule, and the way back."""
 
@@ -145,8 +150,15 @@ class AttachedAdapters:
         return [float(u.weight) if u.start <= fraction <= u.end else 0.0 for u in self.units]
 
     def apply_step(self, pipe, fraction: float) -> None:
-        """Set the scales for the next UNet call: before sampling (0) and from the step-end callback."""
-        pipe.set_ip_adapter_scale(self.scales_at(fraction))
+        """Set the scales for the next UNet call: before sampling (0) and from the step-end callback.
+
+        What `set_ip_adapter_scale` does with one weight per adapter, done on our UNet's own IP processors,
+        so it works whatever `pipe` is (a pass's pipeline, or the UNet holder the plan attaches through).
+        """
+        scales = self.scales_at(fraction)
+        for processor in self.pipe.unet.attn_processors.values():
+            if isinstance(processor, _IP_PROCESSORS):
+                processor.scale = list(scales)
 
     def restore(self) -> None:
         """Put the UNet back exactly as before attach (the very same processor objects); idempotent."""

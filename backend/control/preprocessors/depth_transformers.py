@@ -59,7 +59,8 @@ def _needs(annotator_dir: Path, preferred: str, model_types: tuple[str, ...]) ->
 
 
 def _load(job: Job, folder: Path):
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForDepthEstimation
+    from transformers import AutoConfig, AutoImageProcessor
+    from transformers.models.auto.modeling_auto import MODEL_FOR_DEPTH_ESTIMATION_MAPPING
 
     # JSON only; trust_remote_code stays off, so a config cannot name code to run
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
@@ -68,17 +69,18 @@ def _load(job: Job, folder: Path):
     for path in weight_files(folder):
         state_dict.update(read_weights(path, job.spec.name))
     try:
-        model_class = AutoModelForDepthEstimation._model_mapping[type(config)]
+        model_class = MODEL_FOR_DEPTH_ESTIMATION_MAPPING[type(config)]
         # from_pretrained with our tensors (no path): transformers applies its key conversions
         # (v5 renames older checkpoint keys on load) but opens no weight file itself
         model, info = model_class.from_pretrained(None, config=config, state_dict=state_dict, local_files_only=True,
                                                   output_loading_info=True)
     except Exception as exc:  # a config/weights mismatch surfaces as any of several errors
         raise AnnotatorLoadError(f"{job.spec.name} cannot use {folder}: {str(exc).strip()[:300]}") from None
-    wrong = [*info.get("missing_keys", []), *info.get("mismatched_keys", []), *info.get("unexpected_keys", [])]
-    if wrong:
+    wrong = sorted(map(str, [*info.get("missing_keys", []), *info.get("mismatched_keys", []),
+                             *info.get("unexpected_keys", [])]))
+    if wrong:  # transformers would fill the gaps with random values; a depth map from those is noise
         raise AnnotatorLoadError(f"{job.spec.name} cannot use {folder}: its weights do not fit its config.json "
-                                 f"({len(wrong)} keys missing, unexpected or of another shape, e.g. {sorted(map(str, wrong))[0]})")
+                                 f"({len(wrong)} keys missing, unexpected or of another shape, e.g. {wrong[0]})")
     return model.float().eval().to(job.device), processor, getattr(config, "depth_estimation_type", "") == "metric"
 
 
@@ -87,7 +89,7 @@ def _runner(preferred: str, model_types: tuple[str, ...], description: str):
         folder, missing = _needs(job.annotator_dir, preferred, model_types)
         if folder is None or missing:
             raise AnnotatorMissingError(
-                f"{job.spec.name} needs {description} in {job.annotator_dir / preferred} "
+                f"{job.spec.name} needs {description} in {folder or job.annotator_dir / preferred} "
                 f"(missing {', '.join(str(p.relative_to(job.annotator_dir)) for p in missing)})")
         return _load(job, folder)
 

@@ -19,6 +19,7 @@ from backend.control.preprocessors import depth_transformers, midas, openpose, s
 from backend.control.preprocessors.imaging import hwc3, resize, rgb_array, working_size
 from backend.control.preprocessors.spec import Entry, Job, PreprocessorSpec, UnknownPreprocessorError
 
+MAX_RESOLUTION = 8192
 # UI order: none first, then the families in the order A1111 users know them
 _CATEGORY_ORDER = ["", "canny", "depth", "openpose", "softedge", "scribble", "lineart", "shuffle", "tile"]
 
@@ -76,9 +77,9 @@ class PreprocessorLibrary:
         pixels = rgb_array(image)
         if spec.resolution is not None:
             res = int(spec.resolution.value if resolution is None or resolution <= 0 else resolution)
-            if res < 8:
-                raise ValueError(f"{spec.name}: resolution {res} is too small (at least 8; the slider starts at "
-                                 f"{spec.resolution.minimum:g})")
+            if not 8 <= res <= MAX_RESOLUTION:  # a shared link must not be able to ask for a 10^10-pixel map
+                raise ValueError(f"{spec.name}: resolution {res} is out of range (8 to {MAX_RESOLUTION}; the slider "
+                                 f"goes {spec.resolution.minimum:g} to {spec.resolution.maximum:g})")
             h, w = pixels.shape[:2]
             pixels = resize(pixels, working_size(w, h, res))
         a = _value(spec.threshold_a, threshold_a)
