@@ -204,3 +204,45 @@ def test_extra_networks_card_puts_the_lora_tag_in_the_prompt(running_studio, che
         expect(page.locator("#txt2img_extra_details")).to_contain_text("<b>ink</b>")  # shown as text, escaped
         _fill_txt2img(page, page.locator("#txt2img_prompt textarea").input_value(), seed=9, steps=2, size=64)
         expect(page.locator("#txt2img_info")).to_contain_text("Lora hashes", timeout=120_000)
+
+
+def _pick(page, dropdown: str, option: str) -> None:
+    """Choose `option` (its start) in a Gradio dropdown."""
+    page.locator(f"{dropdown} input").click()
+    page.get_by_role("option", name=option).first.click()
+
+
+@NEEDS_CHROMIUM
+def test_controlnet_canny_unit_preview_and_generate(running_studio):
+    import numpy as np
+    from PIL import Image, ImageDraw
+    from playwright.sync_api import expect
+
+    from tests.fixtures.tiny_controlnets import write_controlnet
+
+    url, data_dir = running_studio
+    write_controlnet(data_dir / "models" / "ControlNet" / "control_tiny_sd15.safetensors", "sd1", seed=1)
+    source = Image.new("RGB", (64, 64), "black")
+    ImageDraw.Draw(source).rectangle((12, 12, 44, 40), fill="white")
+    source.save(data_dir / "control.png")
+    with _studio_page(url, "tiny-sd1.safetensors") as page:
+        page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).click()
+        unit = "#txt2img_controlnet_0"
+        page.locator(f"{unit}_image input[type=file]").set_input_files(str(data_dir / "control.png"))
+        page.locator(f"{unit}_enable input").check()
+        _pick(page, f"{unit}_module", "canny")
+        expect(page.locator(f"{unit}_threshold_a")).to_be_visible(timeout=30_000)  # canny's own thresholds
+        page.locator(f"{unit}_processor_res input[type=number]").fill("64")
+        page.locator(f"{unit}_refresh").click()  # the ControlNet arrived after start
+        page.wait_for_timeout(1000)
+        _pick(page, f"{unit}_model", "control_tiny_sd15")
+        page.locator(f"{unit}_detect").click()
+        expect(page.locator(f"{unit}_preview img")).to_be_visible(timeout=60_000)
+        _fill_txt2img(page, "a red square", seed=21, steps=3, size=64)
+        expect(page.locator("#txt2img_info")).to_contain_text("ControlNet 0", timeout=120_000)
+        expect(page.locator("#txt2img_info")).to_contain_text("Module: canny")
+        expect(page.locator("#txt2img_gallery img")).to_have_count(2, timeout=30_000)  # the picture and its map
+        page.screenshot(path=str(data_dir / "controlnet.png"), full_page=True)
+    [saved] = sorted((data_dir / "outputs" / "txt2img-images").rglob("*.png"))
+    assert "Processor Res: 64" in Image.open(saved).info["parameters"]
+    assert np.asarray(Image.open(saved)).shape == (64, 64, 3)

@@ -50,7 +50,7 @@ def annotators(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def library(annotators):
-    return PreprocessorLibrary(annotators, device="cpu")
+    return PreprocessorLibrary(annotators, device="cpu", cache_size=8)  # every network stays loaded
 
 
 def picture(seed: int, size=(96, 64)) -> Image.Image:

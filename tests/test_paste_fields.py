@@ -80,3 +80,29 @@ def test_hires_text_enables_hires_fix():
 def test_empty_text_changes_nothing():
     common, _, _ = targets()
     assert all(isinstance(v, dict) for v in pf.paste_values("", common))
+
+
+def test_controlnet_units_paste_into_the_unit_tabs_and_others_switch_off():
+    from types import SimpleNamespace
+
+    from backend.control.infotext import unit_infotext
+    from backend.control.units import ControlUnit
+    from backend.images.infotext import format_infotext
+
+    names = ["enabled", "module", "model", "weight", "start", "end", "control_mode", "resize_mode", "pixel_perfect",
+             "processor_res", "threshold_a", "threshold_b"]
+    with gr.Blocks():
+        units = [SimpleNamespace(**{n: gr.Textbox() for n in names}) for _ in range(3)]
+    unit = ControlUnit(module="canny", model="control_v11p_sd15_canny [d14c016b]", weight=0.8, threshold_a=90,
+                       threshold_b=180, guidance_start=0.25, guidance_end=0.75, control_mode="ControlNet is more important",
+                       resize_mode="Resize and Fill", pixel_perfect=True)
+    text = format_infotext("a house", "", {"Steps": 20, "Seed": 3, "Size": "512x512",
+                                           "ControlNet 1": unit_infotext(unit, unit.model, 384)})
+    values = pf.paste_values(text, pf.control_readers(units))
+    per_unit = [dict(zip(names, values[k * len(names):(k + 1) * len(names)])) for k in range(3)]
+    assert per_unit[0]["enabled"] is False and per_unit[2]["enabled"] is False
+    second = {k: v for k, v in per_unit[1].items() if not isinstance(v, dict)}
+    assert second == {"enabled": True, "module": "canny", "model": "control_v11p_sd15_canny [d14c016b]", "weight": 0.8,
+                      "start": 0.25, "end": 0.75, "control_mode": "ControlNet is more important",
+                      "resize_mode": "Resize and Fill", "pixel_perfect": True, "processor_res": 384,
+                      "threshold_a": 90.0, "threshold_b": 180.0}

@@ -168,10 +168,11 @@ def _build_unit(ctx: AppContext, prefix: str, modules: list[str], checkpoint: gr
         blank = gr.Button("\U0001f4dd Blank canvas", size="sm", elem_id=f"{prefix}_blank")
     with gr.Row():
         module = gr.Dropdown(label="Preprocessor (none: the image is the map)", choices=modules, value="none",
-                             elem_id=f"{prefix}_module", scale=3)
+                             elem_id=f"{prefix}_module", scale=3, allow_custom_value=True)
         detect = gr.Button("\U0001f4a5", size="sm", min_width=40, scale=0, elem_id=f"{prefix}_detect")
+        # Custom values: a pasted infotext may name a model this studio does not have (generating says so).
         model = gr.Dropdown(label="Model", choices=model_choices(ctx, None), value="None",
-                            elem_id=f"{prefix}_model", scale=3)
+                            elem_id=f"{prefix}_model", scale=3, allow_custom_value=True)
         refresh = gr.Button("\U0001f504", size="sm", min_width=40, scale=0, elem_id=f"{prefix}_refresh")
     with gr.Row():
         weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control Weight", elem_id=f"{prefix}_weight")

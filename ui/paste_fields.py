@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from backend.control.infotext import units_from_infotext
 from backend.generation.request import MASKED_CONTENT
 from backend.generation.samplers import (
     SCHEDULE_TYPES,
@@ -123,3 +124,29 @@ def paste_values(text: str | None, target: PasteTarget) -> list[Any]:
 
 def components(target: PasteTarget) -> list:
     return [component for component, _ in target]
+
+
+def control_readers(units) -> PasteTarget:
+    """sd-webui-controlnet's "ControlNet N" entries -> the unit tabs (settings, not images).
+
+    `units` are ui.controlnet.UnitWidgets; a unit the infotext does not name is
+    switched off, so a pasted picture is reproduced with exactly its units.
+    IP-Adapter entries fill a unit tab too, as in sd-webui-controlnet.
+    """
+    target: PasteTarget = []
+    for index, widgets in enumerate(units):
+        def read(params, index=index, field=None):
+            unit = units_from_infotext(params).get(index)
+            if field == "enabled":
+                return unit is not None
+            if unit is None:
+                return SKIP
+            return getattr(unit, field)
+        for component, field in ((widgets.enabled, "enabled"), (widgets.module, "module"), (widgets.model, "model"),
+                                 (widgets.weight, "weight"), (widgets.start, "guidance_start"),
+                                 (widgets.end, "guidance_end"), (widgets.control_mode, "control_mode"),
+                                 (widgets.resize_mode, "resize_mode"), (widgets.pixel_perfect, "pixel_perfect"),
+                                 (widgets.processor_res, "processor_res"), (widgets.threshold_a, "threshold_a"),
+                                 (widgets.threshold_b, "threshold_b")):
+            target.append((component, lambda params, read=read, field=field: read(params, field=field)))
+    return target

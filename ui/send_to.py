@@ -25,14 +25,16 @@ def txt2img_target(tab: Txt2ImgTab) -> pf.PasteTarget:
     return (pf.common_readers(tab.row.prompt, tab.row.negative, tab.sampler, tab.schedule, tab.steps, tab.cfg,
                               tab.seed, tab.width, tab.height, tab.clip_skip)
             + pf.hires_readers(hires.enabled, hires.upscaler, hires.steps, hires.denoise, hires.scale,
-                               hires.resize_x, hires.resize_y))
+                               hires.resize_x, hires.resize_y)
+            + pf.control_readers(tab.control.units))
 
 
 def img2img_target(tab: Img2ImgTab) -> pf.PasteTarget:
     return (pf.common_readers(tab.row.prompt, tab.row.negative, tab.sampler, tab.schedule, tab.steps, tab.cfg,
                               tab.seed, tab.width, tab.height, tab.clip_skip)
             + pf.img2img_readers(tab.denoise, tab.resize_mode, tab.mask_blur, tab.mask_mode, tab.masked_content,
-                                 tab.inpaint_area, tab.padding))
+                                 tab.inpaint_area, tab.padding)
+            + pf.control_readers(tab.control.units))
 
 
 def _gallery_pick(gallery, selected, infotexts) -> tuple[Image.Image, str]:
