@@ -236,3 +236,51 @@ def test_the_tiny_controlnet_fixture_really_controls():
     """Guards the fixture: its zero convolutions are filled, so residuals are not zero."""
     controlnet = build_tiny_controlnet("sd1", 1)
     assert controlnet.controlnet_mid_block.weight.abs().sum() > 0
+
+
+def test_maps_are_saved_only_when_asked(ctx):
+    folder = ctx.root / "outputs" / "detected_maps"
+    ctx.service.txt2img(Txt2ImgRequest(prompt="a", steps=2, width=SIZE, height=SIZE, seed=1, controlnet_units=[unit()],
+                                       checkpoint="sd1.safetensors"))
+    assert not folder.exists() or not list(folder.rglob("*.png"))
+    ctx.options.update(control_net_detectmap_autosaving=True)
+    ctx.service.txt2img(Txt2ImgRequest(prompt="a", steps=2, width=SIZE, height=SIZE, seed=1, controlnet_units=[unit()],
+                                       checkpoint="sd1.safetensors"))
+    [saved] = list(folder.rglob("*.png"))
+    assert np.array_equal(np.asarray(Image.open(saved).convert("RGB")), np.asarray(control_picture()))
+
+
+def test_only_masked_inpaint_reads_the_crop_around_the_mask(ctx):
+    big = control_picture().resize((128, 128), Image.Resampling.NEAREST)
+    mask = Image.new("L", (128, 128), 0)
+    ImageDraw.Draw(mask).rectangle((70, 70, 100, 100), fill=255)
+    _, result = img2img(ctx, [unit(image=None)], init_images=[big], mask=mask, inpaint_full_res=True,
+                        inpaint_full_res_padding=8, mask_blur=0)
+    [detected] = result.control_maps
+    assert detected.size == (SIZE, SIZE)  # the crop, at the processing size
+    assert not np.array_equal(np.asarray(detected), np.asarray(big.resize((SIZE, SIZE))))
+    assert result.images[0].size == (128, 128)
+
+
+def test_a_map_of_another_aspect_follows_the_resize_mode(ctx):
+    wide = control_picture().resize((96, 48))
+    pictures = [txt2img(ctx, [unit(image=wide, resize_mode=mode)])[0]
+                for mode in ("Just Resize", "Crop and Resize", "Resize and Fill")]
+    assert np.abs(pictures[0] - pictures[1]).mean() > 0.3 and np.abs(pictures[1] - pictures[2]).mean() > 0.3
+
+
+@pytest.mark.parametrize("option, first, second", [("Both", True, True), ("Low res only", True, False),
+                                                   ("High res only", False, True)])
+def test_hires_fix_option_picks_the_passes(ctx, option, first, second):
+    loaded = ctx.manager.load("sd1.safetensors")
+    calls = UNetCalls(loaded.pipe.unet)
+    try:
+        _, result = txt2img(ctx, [unit(hr_option=option)], hires={"enabled": True, "upscaler": "Latent",
+                                                                  "upscale_by": 2.0, "steps": 2,
+                                                                  "denoising_strength": 0.5})
+    finally:
+        calls.close()
+    low = [c for c, s in zip(calls.controlled, calls.samples) if s.shape[-1] == SIZE // 8]
+    high = [c for c, s in zip(calls.controlled, calls.samples) if s.shape[-1] == 2 * SIZE // 8]
+    assert set(low) == {first} and set(high) == {second}
+    assert ("Hr Option" in result.infotexts[0]) == (option != "Both")

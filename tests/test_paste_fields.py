@@ -90,12 +90,12 @@ def test_controlnet_units_paste_into_the_unit_tabs_and_others_switch_off():
     from backend.images.infotext import format_infotext
 
     names = ["enabled", "module", "model", "weight", "start", "end", "control_mode", "resize_mode", "pixel_perfect",
-             "processor_res", "threshold_a", "threshold_b"]
+             "processor_res", "threshold_a", "threshold_b", "hr_option"]
     with gr.Blocks():
         units = [SimpleNamespace(**{n: gr.Textbox() for n in names}) for _ in range(3)]
     unit = ControlUnit(module="canny", model="control_v11p_sd15_canny [d14c016b]", weight=0.8, threshold_a=90,
                        threshold_b=180, guidance_start=0.25, guidance_end=0.75, control_mode="ControlNet is more important",
-                       resize_mode="Resize and Fill", pixel_perfect=True)
+                       resize_mode="Resize and Fill", pixel_perfect=True, hr_option="Low res only")
     text = format_infotext("a house", "", {"Steps": 20, "Seed": 3, "Size": "512x512",
                                            "ControlNet 1": unit_infotext(unit, unit.model, 384)})
     values = pf.paste_values(text, pf.control_readers(units))
@@ -105,4 +105,4 @@ def test_controlnet_units_paste_into_the_unit_tabs_and_others_switch_off():
     assert second == {"enabled": True, "module": "canny", "model": "control_v11p_sd15_canny [d14c016b]", "weight": 0.8,
                       "start": 0.25, "end": 0.75, "control_mode": "ControlNet is more important",
                       "resize_mode": "Resize and Fill", "pixel_perfect": True, "processor_res": 384,
-                      "threshold_a": 90.0, "threshold_b": 180.0}
+                      "threshold_a": 90.0, "threshold_b": 180.0, "hr_option": "Low res only"}

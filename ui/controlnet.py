@@ -12,11 +12,12 @@ import gradio as gr
 from PIL import Image
 
 from backend.app_context import AppContext
-from backend.control.units import CONTROL_MODES, UNIT_RESIZE_MODES, ControlUnit, pixel_perfect_resolution
+from backend.control.units import (CONTROL_MODES, HIRES_OPTIONS, UNIT_RESIZE_MODES, ControlUnit,
+                                   pixel_perfect_resolution)
 from backend.images.loading import to_rgb
 from ui.errors import user_message
 
-VALUES_PER_UNIT = 13
+VALUES_PER_UNIT = 14
 IP_ADAPTER_MODULE = "ip-adapter"
 
 
@@ -35,13 +36,14 @@ class UnitWidgets:
     processor_res: gr.Slider
     threshold_a: gr.Slider
     threshold_b: gr.Slider
+    hr_option: gr.Radio
     preview: gr.Image
 
     @property
     def inputs(self) -> list:
         return [self.enabled, self.image, self.module, self.model, self.weight, self.start, self.end,
                 self.control_mode, self.resize_mode, self.pixel_perfect, self.processor_res, self.threshold_a,
-                self.threshold_b]
+                self.threshold_b, self.hr_option]
 
 
 @dataclass
@@ -75,12 +77,12 @@ def editor_image(value) -> Image.Image | None:
 
 
 def _unit(values: list) -> ControlUnit:
-    (enabled, image, module, model, weight, start, end, mode, resize, perfect, res, a, b) = values
+    (enabled, image, module, model, weight, start, end, mode, resize, perfect, res, a, b, hr_option) = values
     return ControlUnit(enabled=bool(enabled), image=editor_image(image) if enabled else None,
                        module=module or "none", model=model or "None", weight=float(weight),
                        guidance_start=float(start), guidance_end=float(end), control_mode=mode,
                        resize_mode=resize, pixel_perfect=bool(perfect), processor_res=int(res),
-                       threshold_a=float(a), threshold_b=float(b))
+                       threshold_a=float(a), threshold_b=float(b), hr_option=hr_option)
 
 
 def _image_prompt(values: list) -> ControlUnit | None:
@@ -127,7 +129,7 @@ def build_control_accordions(ctx: AppContext, tab: str, checkpoint: gr.Dropdown,
             for k in range(ctx.options.options.control_net_unit_count):
                 with gr.Tab(f"ControlNet Unit {k}", elem_id=f"{tab}_controlnet_unit_{k}"):
                     widgets.units.append(_build_unit(ctx, f"{tab}_controlnet_{k}", modules, checkpoint, width,
-                                                     height))
+                                                     height, hires=tab == "txt2img"))
     with gr.Accordion("Image prompt (IP-Adapter)", open=False, elem_id=f"{tab}_image_prompt"):
         enabled = gr.Checkbox(label="Enable", value=False, elem_id=f"{tab}_ip_enabled")
         with gr.Row():
@@ -153,7 +155,7 @@ def _ip_choices(ctx: AppContext, checkpoint_title: str | None) -> list[str]:
 
 
 def _build_unit(ctx: AppContext, prefix: str, modules: list[str], checkpoint: gr.Dropdown, width: gr.Slider,
-                height: gr.Slider) -> UnitWidgets:
+                height: gr.Slider, hires: bool) -> UnitWidgets:
     with gr.Row():
         image = gr.ImageEditor(label="Control image (upload, or draw on a blank canvas)", type="pil",
                                image_mode="RGBA", format="png", sources=["upload", "clipboard"], transforms=[],
@@ -189,6 +191,8 @@ def _build_unit(ctx: AppContext, prefix: str, modules: list[str], checkpoint: gr
                             elem_id=f"{prefix}_control_mode")
     resize_mode = gr.Radio(list(UNIT_RESIZE_MODES), value="Crop and Resize", label="Resize Mode",
                            elem_id=f"{prefix}_resize_mode")
+    hr_option = gr.Radio(list(HIRES_OPTIONS), value="Both", label="Hires-Fix Option", visible=hires,
+                         elem_id=f"{prefix}_hr_option")
 
     def on_module(name):
         spec = ctx.control.preprocessors.find(name)
@@ -226,4 +230,4 @@ def _build_unit(ctx: AppContext, prefix: str, modules: list[str], checkpoint: gr
     return UnitWidgets(enabled=enabled, image=image, module=module, model=model, weight=weight, start=start,
                        end=end, control_mode=control_mode, resize_mode=resize_mode, pixel_perfect=pixel_perfect,
                        processor_res=processor_res, threshold_a=threshold_a, threshold_b=threshold_b,
-                       preview=preview)
+                       hr_option=hr_option, preview=preview)

@@ -147,6 +147,6 @@ def control_readers(units) -> PasteTarget:
                                  (widgets.end, "guidance_end"), (widgets.control_mode, "control_mode"),
                                  (widgets.resize_mode, "resize_mode"), (widgets.pixel_perfect, "pixel_perfect"),
                                  (widgets.processor_res, "processor_res"), (widgets.threshold_a, "threshold_a"),
-                                 (widgets.threshold_b, "threshold_b")):
+                                 (widgets.threshold_b, "threshold_b"), (widgets.hr_option, "hr_option")):
             target.append((component, lambda params, read=read, field=field: read(params, field=field)))
     return target

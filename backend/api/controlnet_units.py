@@ -3,8 +3,8 @@
 Clients send `"alwayson_scripts": {"ControlNet": {"args": [unit, ...]}}` (the key
 in any case). A unit is a dict with sd-webui-controlnet's field names; the legacy
 ones (`input_image`, `lowvram`, `guidance`, `guessmode`) still arrive from older
-clients such as webuiapi. Fields this studio does not use (`hr_option`,
-`save_detected_map`, ...) are accepted, as there. Units that are disabled, have
+clients such as webuiapi. Fields this studio does not use (`save_detected_map`,
+`advanced_weighting`, ...) are accepted, as there. Units that are disabled, have
 no model, or are missing are skipped.
 """
 from __future__ import annotations
@@ -15,16 +15,13 @@ from typing import Any
 from PIL import Image
 from pydantic import ValidationError
 
-from backend.control.units import CONTROL_MODES, UNIT_RESIZE_MODES, ControlUnit
+from backend.control.units import CONTROL_MODES, HIRES_OPTIONS, UNIT_RESIZE_MODES, ControlUnit
 
 CONTROLNET_SCRIPT = "controlnet"
 
 # sd-webui-controlnet's older names for the resize modes
 _RESIZE_ALIASES = {"Scale to Fit (Inner Fit)": "Crop and Resize", "Envelope (Outer Fit)": "Resize and Fill",
                    "Inner Fit (Scale to Fit)": "Crop and Resize", "Outer Fit (Shrink to Fit)": "Resize and Fill"}
-_KNOWN = {"enabled", "module", "model", "weight", "image", "input_image", "mask", "resize_mode", "processor_res",
-          "threshold_a", "threshold_b", "guidance_start", "guidance_end", "guidance", "control_mode", "guessmode",
-          "pixel_perfect", "low_vram", "lowvram"}
 
 
 class UnitError(ValueError):
@@ -96,6 +93,8 @@ def unit_from_api(raw: Any, index: int, open_image: Callable[[str, str], Image.I
         fields["control_mode"] = _choice(raw["control_mode"], CONTROL_MODES, {}, f"{where}.control_mode")
     elif raw.get("guessmode"):  # the old "Guess Mode" is what "ControlNet is more important" replaced
         fields["control_mode"] = "ControlNet is more important"
+    if raw.get("hr_option") is not None:
+        fields["hr_option"] = _choice(raw["hr_option"], HIRES_OPTIONS, {}, f"{where}.hr_option")
     fields["low_vram"] = bool(raw.get("low_vram", raw.get("lowvram", False)))
     fields["image"], fields["mask"] = _image_and_mask(raw, open_image, where)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from backend.control.units import CONTROL_MODES, UNIT_RESIZE_MODES, ControlUnit
+from backend.control.units import CONTROL_MODES, HIRES_OPTIONS, UNIT_RESIZE_MODES, ControlUnit
 
 _UNIT_KEY = re.compile(r"^ControlNet (\d+)$")
 _PAIR = re.compile(r"\s*([A-Za-z][A-Za-z ]*?):\s*([^,]*)(?:,|$)")
@@ -29,7 +29,7 @@ def unit_infotext(unit: ControlUnit, model_title: str, processor_res: int | None
         f"Threshold A: {_number(unit.threshold_a)}", f"Threshold B: {_number(unit.threshold_b)}",
         f"Guidance Start: {_number(unit.guidance_start)}", f"Guidance End: {_number(unit.guidance_end)}",
         f"Pixel Perfect: {unit.pixel_perfect}", f"Control Mode: {unit.control_mode}",
-    ])
+    ] + ([f"Hr Option: {unit.hr_option}"] if unit.hr_option != "Both" else []))
 
 
 def _fields(text: str) -> dict[str, str]:
@@ -58,6 +58,8 @@ def units_from_infotext(params: dict[str, str]) -> dict[int, ControlUnit]:
         if fields.get("Control Mode") in CONTROL_MODES:
             values["control_mode"] = fields["Control Mode"]
         values["pixel_perfect"] = fields.get("Pixel Perfect") == "True"
+        if fields.get("Hr Option") in HIRES_OPTIONS:
+            values["hr_option"] = fields["Hr Option"]
         try:
             units[int(match.group(1))] = ControlUnit(**values)
         except ValueError:

@@ -83,12 +83,16 @@ class ControlPlan:
 
     # --- one pass ---
     def unet_for(self, unet, fallbacks: list[Image.Image | None], size: tuple[int, int], images: int,
-                 vae_scale_factor: int):
-        """The UNet a pass's pipeline gets: the loaded one, or it wrapped with this pass's ControlNet units."""
-        if not self.units:
+                 vae_scale_factor: int, stage: str = "single"):
+        """The UNet a pass's pipeline gets: the loaded one, or it wrapped with this pass's ControlNet units.
+
+        `stage` is "single", or "first" / "hires" with hires. fix (the units' Hires-fix option picks).
+        """
+        planned_units = [p for p in self.units if p.unit.acts_in(stage)]
+        if not planned_units:
             return unet
         active = []
-        for planned in self.units:
+        for planned in planned_units:
             maps = [planned.map_for(f, size) for f in (fallbacks or [None])]
             for picture in maps:
                 if not any(picture is seen for seen in self.maps_used):

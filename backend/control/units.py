@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ControlMode = Literal["Balanced", "My prompt is more important", "ControlNet is more important"]
 CONTROL_MODES: tuple[str, ...] = ControlMode.__args__  # type: ignore[attr-defined]
+HiresOption = Literal["Both", "Low res only", "High res only"]
+HIRES_OPTIONS: tuple[str, ...] = HiresOption.__args__  # type: ignore[attr-defined]
 UnitResizeMode = Literal["Just Resize", "Crop and Resize", "Resize and Fill"]
 UNIT_RESIZE_MODES: tuple[str, ...] = UnitResizeMode.__args__  # type: ignore[attr-defined]
 MAX_UNITS = 8
@@ -44,6 +46,7 @@ class ControlUnit(BaseModel):
     guidance_end: float = Field(1.0, ge=0.0, le=1.0)
     control_mode: ControlMode = "Balanced"
     pixel_perfect: bool = False
+    hr_option: HiresOption = "Both"  # with hires. fix: which pass the unit acts in
     low_vram: bool = False  # accepted; models move to the device as the --medvram flags say
 
     @model_validator(mode="after")
@@ -61,6 +64,14 @@ class ControlUnit(BaseModel):
     @property
     def is_ip_adapter_module(self) -> bool:
         return self.module.lower().startswith("ip-adapter")
+
+    def acts_in(self, stage: str) -> bool:
+        """Whether the unit acts in a pass: "single" (no hires. fix), "first" or "hires"."""
+        if stage == "first":
+            return self.hr_option != "High res only"
+        if stage == "hires":
+            return self.hr_option != "Low res only"
+        return True
 
     def active_at(self, step: int, total: int) -> bool:
         """Whether the unit acts in step `step` of `total`: diffusers' ControlNet pipelines' rule."""

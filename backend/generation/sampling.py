@@ -158,18 +158,19 @@ class SamplingRun:
 
     # --- building blocks ---
     def pipeline(self, pipeline_cls: type, images: int = 1, size: tuple[int, int] | None = None,
-                 control_sources: list[Image.Image | None] | None = None):
+                 control_sources: list[Image.Image | None] | None = None, stage: str = "single"):
         """A fresh pipeline of `pipeline_cls` on the loaded weights, this run's VAE and a new scheduler.
 
         With ControlNet units its UNet is the loaded one wrapped for this pass:
         `images` in the batch, each conditioned on the map made from its unit's
-        image or from `control_sources[k]` (img2img's picture), at `size`.
+        image or from `control_sources[k]` (img2img's picture), at `size`;
+        `stage` says which pass of hires. fix this is ("first", "hires"), if any.
         """
         unet = None
         if self.control is not None:
             scale = self.loaded.pipe.vae_scale_factor
             unet = self.control.unet_for(self.loaded.pipe.unet, control_sources or [None], size or self.size(),
-                                         images, scale)
+                                         images, scale, stage)
         pipe = derive_pipeline(self.loaded.pipe, pipeline_cls, self.scheduler(), vae=self.vae, unet=unet)
         if self.control is not None:
             self.control.attach_ip_adapters(pipe, (control_sources or [None])[0])

@@ -57,7 +57,7 @@ class _Txt2ImgRun(SamplingRun):
         req = self.request
         base = self.loaded.pipe
         cls = inpaint_class(base) if self.inpainting_model else type(base)
-        pipe = self.pipeline(cls, len(seeds))
+        pipe = self.pipeline(cls, len(seeds), stage="first" if req.hires.enabled else "single")
         generators = self.generators(seeds)
         latents = self.initial_noise(pipe, generators)
         output_type = "latent" if req.hires.enabled else "pil"
@@ -88,7 +88,7 @@ class _Txt2ImgRun(SamplingRun):
                 image = decode_latents(pipe, image, upcast=self.family.is_sdxl)
             extra = {"mask_image": [Image.new("L", size, 255)] * len(seeds), "width": size[0], "height": size[1]}
         cls = inpaint_class(self.loaded.pipe) if self.inpainting_model else img2img_class(self.loaded.pipe)
-        img2img = self.pipeline(cls, len(seeds), size=size)  # ControlNet units act again, their maps at this size
+        img2img = self.pipeline(cls, len(seeds), size=size, stage="hires")  # units act again, maps at this size
         text = f"Batch {job_no + 1} of {req.n_iter}, hires fix"
         images, _ = self.sample(img2img, self.hires_steps, job_no, text, len(seeds), **extra, image=image,
                                 strength=fix.denoising_strength, num_inference_steps=fix.steps or req.steps,

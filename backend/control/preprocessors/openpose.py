@@ -46,22 +46,22 @@ def _estimator(cls, model: torch.nn.Module):
     return est
 
 
-def _body(job: Job):
+def _caffe_estimator(job: Job, key: str, filename: str, network: str, estimator: str):
+    """The body or hand estimator: lllyasviel's caffe-named weights in controlnet-aux's network."""
     def build():
-        path = job.file(BODY_FILE)
+        path = job.file(filename)
         op = aux("open_pose")
-        model = load_network(op.model.bodypose_model, path, job.spec.name, job.device, remap=caffe_names)
-        return _estimator(op.Body, model)
-    return job.network("openpose_body", build)
+        model = load_network(getattr(op.model, network), path, job.spec.name, job.device, remap=caffe_names)
+        return _estimator(getattr(op, estimator), model)
+    return job.network(key, build)
+
+
+def _body(job: Job):
+    return _caffe_estimator(job, "openpose_body", BODY_FILE, "bodypose_model", "Body")
 
 
 def _hand(job: Job):
-    def build():
-        path = job.file(HAND_FILE)
-        op = aux("open_pose")
-        model = load_network(op.model.handpose_model, path, job.spec.name, job.device, remap=caffe_names)
-        return _estimator(op.Hand, model)
-    return job.network("openpose_hand", build)
+    return _caffe_estimator(job, "openpose_hand", HAND_FILE, "handpose_model", "Hand")
 
 
 def _face(job: Job):
