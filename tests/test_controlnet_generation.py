@@ -284,3 +284,38 @@ def test_hires_fix_option_picks_the_passes(ctx, option, first, second):
     high = [c for c, s in zip(calls.controlled, calls.samples) if s.shape[-1] == 2 * SIZE // 8]
     assert set(low) == {first} and set(high) == {second}
     assert ("Hr Option" in result.infotexts[0]) == (option != "Both")
+
+
+def test_composes_with_a_lora_and_prompt_editing(ctx):
+    from tests.fixtures.tiny_networks import write_kohya_lora
+
+    loaded = ctx.manager.load("sd1.safetensors")
+    write_kohya_lora(loaded.pipe, ctx.root / "models" / "Lora" / "ink.safetensors", seed=4)
+    ctx.networks.refresh()
+    plain, _ = txt2img(ctx)
+    with_unit, _ = txt2img(ctx, [unit()])
+    both, result = txt2img(ctx, [unit()], prompt="a red square <lora:ink:1>")
+    assert np.abs(both - with_unit).mean() > 0.5 and "Lora hashes" in result.infotexts[0]
+    # Prompt editing: the ControlNet sees the texts of each step, as the UNet does.
+    _, controlnet = ctx.control.controlnets.load("control_tiny_sd15")
+    seen = []
+    handle = controlnet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True)
+    try:
+        txt2img(ctx, [unit()], prompt="[a red square:a blue circle:0.5]")
+    finally:
+        handle.remove()
+    switches = [not torch.equal(a, b) for a, b in zip(seen, seen[1:])]
+    assert len(seen) == 4 and sum(switches) == 1  # one text, then the other, as the schedule says
+    assert np.array_equal(txt2img(ctx)[0], plain)  # LoRA off and no unit: the plain job again
+
+
+def test_a_batch_gets_the_unit_on_every_image(ctx):
+    batch, result = txt2img(ctx, [unit()], batch_size=2)
+    plain = ctx.service.txt2img(Txt2ImgRequest(prompt="a red square", steps=4, width=SIZE, height=SIZE, seed=3,
+                                               sampler_name="Euler", checkpoint="sd1.safetensors",
+                                               save_images=False, batch_size=2))
+    for controlled, uncontrolled in zip(result.images, plain.images):
+        assert np.abs(np.asarray(controlled, dtype=np.int16) - np.asarray(uncontrolled, dtype=np.int16)).mean() > 0.5
+    single, _ = txt2img(ctx, [unit()], seed=4)  # image 2 of the batch has seed 4
+    assert np.abs(np.asarray(result.images[1], dtype=np.int16) - single).max() <= 2
