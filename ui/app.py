@@ -98,6 +98,7 @@ def build_ui(ctx: AppContext, allow_folders: bool = True) -> gr.Blocks:
         def do_refresh(current):
             ctx.manager.refresh()
             ctx.networks.refresh()
+            ctx.control.refresh()
             choices = checkpoint_choices(ctx)
             value = current if current in choices else selected_checkpoint(ctx)
             vaes = ctx.networks.vaes.choices()

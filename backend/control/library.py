@@ -102,8 +102,14 @@ class ControlLibrary:
             return True
         try:
             return self.controlnets.find(unit.model).kind == "ip-adapter"
-        except UnknownControlNetError:
-            self.ip_adapters.find(unit.model)  # an IP-Adapter kept elsewhere, or an unknown name (raises)
+        except UnknownControlNetError as unknown:
+            try:
+                self.ip_adapters.find(unit.model)  # an IP-Adapter kept in models/ipadapter
+            except ValueError:
+                raise ValueError(f"unknown ControlNet or IP-Adapter {unit.model!r}: put it in "
+                                 f"{', '.join(str(d) for d in self.paths.controlnet_dirs)} (IP-Adapters also in "
+                                 f"{', '.join(str(d) for d in self.paths.ipadapter_dirs)}) and press refresh") \
+                    from unknown
             return True
 
     def _detector(self, module: str, unit: ControlUnit):
