@@ -92,7 +92,6 @@ class ControlledUNet(torch.nn.Module):
         self.vae_scale_factor = vae_scale_factor
         self.step = 0
         self._pipe = None
-        self.calls_with_control = 0  # UNet calls that received residuals (tests and benchmarks read it)
 
     def __getattr__(self, name: str):
         try:
@@ -121,7 +120,6 @@ class ControlledUNet(torch.nn.Module):
             down, mid = self._residuals(active, sample, timestep, encoder_hidden_states, added_cond_kwargs)
             kwargs["down_block_additional_residuals"] = down
             kwargs["mid_block_additional_residual"] = mid
-            self.calls_with_control += 1
         return self.unet(sample, timestep, encoder_hidden_states, *args, added_cond_kwargs=added_cond_kwargs,
                          **kwargs)
 

@@ -78,9 +78,6 @@ class ControlPlan:
     def active(self) -> bool:
         return bool(self.units or self.ip_uses or self.ip_adapters)
 
-    def ip_sources_needed(self) -> bool:
-        return any(use.images == [] for use in self.ip_uses)
-
     # --- one pass ---
     def unet_for(self, unet, fallbacks: list[Image.Image | None], size: tuple[int, int], images: int,
                  vae_scale_factor: int, stage: str = "single"):
