@@ -152,3 +152,16 @@ def test_pixel_perfect_resolution():
     # Resize and Fill fits inside: the long side becomes 512, the short one 256.
     assert pixel_perfect_resolution((1000, 500), (512, 512), "Resize and Fill") == 256
     assert pixel_perfect_resolution((256, 256), (768, 512), "Just Resize") == 768
+
+
+def test_soft_weights_are_sd_webui_controlnets():
+    from backend.control.controlled_unet import ActiveUnit
+
+    def scales(mode, count):
+        return ActiveUnit(unit=ControlUnit(weight=0.5, control_mode=mode), model=None, maps=[]).residual_scales(count)
+
+    assert scales("Balanced", 13) == [0.5] * 13
+    soft = scales("My prompt is more important", 13)
+    assert soft[-1] == 0.5 and abs(soft[0] - 0.5 * 0.825 ** 12) < 1e-12
+    assert scales("ControlNet is more important", 13) == soft
+    assert scales("My prompt is more important", 10) == soft[:10]  # SDXL: the first 10 of the same list

@@ -14,8 +14,8 @@ changes nothing bit for bit.
 
 Control modes, as sd-webui-controlnet applies them:
 - Balanced: residuals x weight, on both halves of the CFG batch.
-- My prompt is more important: residual i of n also x 0.825^(n-1-i) (deep blocks keep
-  the control, shallow ones fade), on both halves.
+- My prompt is more important: residual i also x 0.825^(12-i) (deep blocks keep the
+  control, shallow ones fade; SDXL's 10 residuals take the first 10), on both halves.
 - ControlNet is more important: the same soft weights, and the control acts only on the
   conditional half (the negative half gets none), so CFG pushes towards the control.
 """
@@ -32,6 +32,7 @@ from backend.control.units import IMAGE_RESIZE, ControlUnit
 from backend.images.resize import resize_image
 
 SOFT_BASE = 0.825
+SOFT_RESIDUALS = 13  # the soft weights are defined over SD1's 12 down residuals + the middle one
 
 
 @dataclass
@@ -62,7 +63,8 @@ class ActiveUnit:
     def residual_scales(self, count: int) -> list[float]:
         if self.unit.control_mode == "Balanced":
             return [self.unit.weight] * count
-        return [self.unit.weight * SOFT_BASE ** (count - 1 - i) for i in range(count)]
+        # SD1/SD2 have 13 residuals; SDXL's 10 take the first 10 of the same list, as sd-webui-controlnet does
+        return [self.unit.weight * SOFT_BASE ** (SOFT_RESIDUALS - 1 - i) for i in range(count)]
 
     @property
     def conditional_only(self) -> bool:
