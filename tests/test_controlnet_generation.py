@@ -176,11 +176,13 @@ def test_unknown_names_are_refused_naming_them(ctx):
 
 
 def test_second_job_reads_no_file(ctx):
-    txt2img(ctx, [unit()])
-    path = ctx.control.controlnets.find("control_tiny_sd15").path
+    first, _ = txt2img(ctx, [unit()])
+    store = ctx.control.controlnets
+    reads = store.load_count
+    path = store.find("control_tiny_sd15").path
     path.rename(path.with_suffix(".moved"))  # a second read would fail now
     again, _ = txt2img(ctx, [unit()])
-    assert again is not None
+    assert store.load_count == reads and np.array_equal(again, first)
 
 
 def test_hires_fix_keeps_the_units(ctx):
