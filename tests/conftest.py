@@ -78,3 +78,22 @@ def app_context(studio_root, checkpoint_dir):
 
     paths = AppPaths(root=studio_root, checkpoint_dirs=[checkpoint_dir], builtin_checkpoints=[])
     return build_app_context(paths, DeviceSettings.from_flags(device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def face_models(tmp_path_factory):
+    """Shared by the face tests (the full-size GFPGAN and CodeFormer files are written once).
+
+    An A1111 models/ tree: GFPGAN, Codeformer, facexlib (detector + parser), and facexlib-noparse."""
+    from tests.fixtures import tiny_faces
+
+    root = tmp_path_factory.mktemp("face-models")
+    tiny_faces.write_gfpgan(root / "GFPGAN" / "GFPGANv1.4.pth")
+    tiny_faces.write_codeformer(root / "Codeformer" / "codeformer-v0.1.0.pth")
+    tiny_faces.write_detector(root / "facexlib" / "detection_Resnet50_Final.pth")
+    tiny_faces.write_parsenet(root / "facexlib" / "parsing_parsenet.pth")
+    (root / "facexlib-noparse").mkdir()
+    os.symlink(root / "facexlib" / "detection_Resnet50_Final.pth",
+               root / "facexlib-noparse" / "detection_Resnet50_Final.pth")
+    return root
+
