@@ -37,6 +37,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="more ControlNet folders, searched besides models/ControlNet")
     p.add_argument("--controlnet-annotator-models-path", type=Path, default=None,
                    help="folder of the ControlNet preprocessors' weights (default models/annotators)")
+    for family in ("ESRGAN", "RealESRGAN", "SwinIR", "HAT", "DAT"):
+        p.add_argument(f"--{family.lower()}-models-path", type=Path, default=None,
+                       help=f"folder of {family} upscaler models (default models/{family})")
+    p.add_argument("--gfpgan-models-path", type=Path, default=None,
+                   help="folder of GFPGAN and facexlib's face detection files (default models/GFPGAN)")
+    p.add_argument("--codeformer-models-path", type=Path, default=None,
+                   help="folder of the CodeFormer model (default models/Codeformer)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: best available)")
     p.add_argument("--no-half", action="store_true", help="run in fp32 even on a GPU")
     p.add_argument("--medvram", action="store_true", help="keep only the active model part on the GPU")

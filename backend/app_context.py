@@ -11,6 +11,9 @@ from typing import Any
 
 from backend.control.library import ControlLibrary, ControlPaths
 from backend.devices import DeviceSettings
+from backend.extras.in_generation import GenerationExtras
+from backend.extras.library import ExtrasLibrary, ExtrasPaths
+from backend.extras.service import ExtrasService
 from backend.generation.service import GenerationService
 from backend.models.hashing import HashCache
 from backend.models.manager import ModelManager
@@ -31,6 +34,9 @@ class AppPaths:
     vae_dirs: list[Path] = field(default_factory=list)  # --vae-dir; models/VAE when empty
     controlnet_dirs: list[Path] = field(default_factory=list)  # --controlnet-dir: searched besides models/ControlNet
     annotator_dir: Path | None = None  # --controlnet-annotator-models-path; models/annotators when None
+    upscaler_dirs: dict[str, list[Path]] = field(default_factory=dict)  # --esrgan-models-path etc.
+    gfpgan_dir: Path | None = None  # --gfpgan-models-path; models/GFPGAN when None
+    codeformer_dir: Path | None = None  # --codeformer-models-path; models/Codeformer when None
     builtin_checkpoints: list[Path] = field(default_factory=lambda: [DEMO_CHECKPOINT])
 
     @property
@@ -51,6 +57,10 @@ class AppPaths:
                             annotator_dir=self.annotator_dir or models / "annotators",
                             ipadapter_dirs=[models / "ipadapter"], clip_vision_dirs=[models / "clip_vision"])
 
+    def extras_paths(self) -> ExtrasPaths:
+        return ExtrasPaths(models=self.root / "models", upscaler_dirs=self.upscaler_dirs, gfpgan_dir=self.gfpgan_dir,
+                           codeformer_dir=self.codeformer_dir)
+
 
 @dataclass
 class AppContext:
@@ -62,6 +72,8 @@ class AppContext:
     device: DeviceSettings
     networks: NetworkLibrary
     control: ControlLibrary
+    extras: ExtrasLibrary
+    extras_service: ExtrasService
     command_flags: dict[str, Any] = field(default_factory=dict)  # as launched; /cmd-flags shows them, secrets hidden
 
 
@@ -78,10 +90,13 @@ def build_app_context(paths: AppPaths, device: DeviceSettings, command_flags: di
                               paths.vae_dirs or [paths.root / "models" / "VAE"])
     control = ControlLibrary(paths.control_paths(), device.device, device.dtype,
                              cache_size=options.options.control_net_model_cache_size)
-    service = GenerationService(manager, options, styles, device, root=paths.root, networks=networks, control=control)
+    extras = ExtrasLibrary.build(paths.extras_paths(), device.device, device.dtype)
+    service = GenerationService(manager, options, styles, device, root=paths.root, networks=networks, control=control,
+                                extras=GenerationExtras(extras, options))
     options.subscribe(lambda old, new: _apply_control_options(control, old, new))
     return AppContext(root=paths.root, options=options, styles=styles, manager=manager, service=service, device=device,
-                      networks=networks, control=control, command_flags=dict(command_flags or {}))
+                      networks=networks, control=control, extras=extras, extras_service=ExtrasService(extras, service),
+                      command_flags=dict(command_flags or {}))
 
 
 def _apply_options(manager: ModelManager, old: Options, new: Options) -> None:

@@ -92,6 +92,20 @@ class Options(BaseModel):
     control_net_detectedmap_dir: str = Field(
         "outputs/detected_maps", description="Folder where ControlNet maps are saved when saving them is on."
     )
+    ESRGAN_tile: int = Field(
+        192, ge=0, le=2048, description="Upscaler tile size in pixels (ESRGAN, SwinIR, ...); 0 = the whole picture "
+                                       "at once. Smaller tiles use less memory.",
+    )
+    ESRGAN_tile_overlap: int = Field(
+        8, ge=0, le=256, description="Pixels by which upscaler tiles overlap; blended so no seam shows.",
+    )
+    face_restoration_model: Literal["CodeFormer", "GFPGAN"] = Field(
+        "CodeFormer", description="Model used by \"Restore faces\" on txt2img and img2img.",
+    )
+    code_former_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="CodeFormer weight for \"Restore faces\": 0 = strongest effect, "
+                                         "1 = closest to the original.",
+    )
 
 
 # Options that name folders on the server. The API must not let clients set

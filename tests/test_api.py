@@ -137,7 +137,7 @@ def test_harmless_fields_are_ignored():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("restore_faces", True), ("tiling", True), ("subseed_strength", 0.5),
+    ("tiling", True), ("subseed_strength", 0.5),
     ("seed_resize_from_h", 256), ("s_churn", 0.5), ("s_noise", 1.003), ("s_tmin", 0.1),
     ("refiner_checkpoint", "refiner.safetensors"), ("firstpass_image", "aGk="),
     ("script_name", "x/y/z plot"),
@@ -162,7 +162,6 @@ def test_refused_hires_and_scripts_fields_are_named():
     ({"scheduler": "no such schedule"}, "scheduler"),
     ({"seed": -5}, "seed"), ({"batch_size": 0}, "batch_size"),
     ({"enable_hr": True, "hr_second_pass_steps": -1}, "hr_second_pass_steps"),
-    ({"enable_hr": True, "hr_upscaler": "No Such Upscaler"}, "hr_upscaler"),
     ({"enable_hr": True, "denoising_strength": 1.5}, "denoising_strength"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 99}}, "override_settings.CLIP_stop_at_last_layers"),
 ])
@@ -383,7 +382,6 @@ def test_inpainting_checkpoint_does_txt2img_as_in_a1111(client):
 
 @pytest.mark.parametrize("payload, field", [
     ({"width": 500}, "width"), ({"steps": 0}, "steps"), ({"sampler_name": "k_nonsense"}, "sampler_name"),
-    ({"restore_faces": True}, "restore_faces"),
 ])
 def test_bad_requests_are_422_naming_the_field(client, payload, field):
     r = client.post(f"{API}/txt2img", json={**SMALL, **payload})

@@ -8,8 +8,10 @@ import gradio as gr
 
 from backend.app_context import AppContext
 from ui.errors import user_message
+from ui.extras import build_extras_tab
 from ui.img2img import build_img2img_tab
 from ui.png_info import build_png_info_tab
+from ui.segment import send_segment_to_inpaint
 from ui.send_to import wire_send_to
 from ui.session_jobs import SessionJobs
 from ui.settings_tab import build_settings_tab
@@ -85,7 +87,7 @@ def build_ui(ctx: AppContext, allow_folders: bool = True) -> gr.Blocks:
             with gr.Tab("img2img", id="img2img"):
                 img2img = build_img2img_tab(ctx, jobs, checkpoint, allow_folders)
             with gr.Tab("Extras", id="extras"):
-                gr.Markdown("Upscalers and face restoration arrive with a later milestone.")
+                extras = build_extras_tab(ctx, jobs, allow_folders)
             with gr.Tab("PNG Info", id="pnginfo"):
                 png_info = build_png_info_tab()
             with gr.Tab("Settings", id="settings"):
@@ -94,11 +96,16 @@ def build_ui(ctx: AppContext, allow_folders: bool = True) -> gr.Blocks:
                 gr.Markdown("Extensions arrive with a later milestone.")
 
         wire_send_to(main_tabs, txt2img, img2img, png_info)
+        extras.segment.send_inpaint.click(lambda value: (gr.Tabs(selected="img2img"), *send_segment_to_inpaint(value)),
+                                          inputs=extras.segment.picture_and_mask,
+                                          outputs=[main_tabs, img2img.inpaint, img2img.mode_tabs, img2img.mode],
+                                          queue=False)
 
         def do_refresh(current):
             ctx.manager.refresh()
             ctx.networks.refresh()
             ctx.control.refresh()
+            ctx.extras.refresh()
             choices = checkpoint_choices(ctx)
             value = current if current in choices else selected_checkpoint(ctx)
             vaes = ctx.networks.vaes.choices()

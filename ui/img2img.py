@@ -19,12 +19,14 @@ from backend.generation.service import GenerationResult
 from ui.controlnet import ControlWidgets, build_control_accordions
 from ui.errors import user_message
 from ui.extra_networks import build_extra_networks
+from ui.segment import SegmentPanel, build_segment_panel, send_segment_to_inpaint
 from ui.session_jobs import SessionJobs
 from ui.widgets import (
     PromptRow,
     ResultWidgets,
     build_batch_sliders,
     build_clip_skip,
+    build_restore_faces,
     build_prompt_row,
     build_results,
     build_sampler_row,
@@ -66,6 +68,8 @@ class Img2ImgTab:
     masked_content: gr.Radio
     inpaint_area: gr.Radio
     padding: gr.Slider
+    restore_faces: gr.Checkbox
+    segment: SegmentPanel
     control: ControlWidgets
 
 
@@ -115,6 +119,8 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                     batch_masks = gr.Textbox(label="Inpaint batch mask directory (optional)",
                                              elem_id="img2img_batch_inpaint_mask_dir")
 
+            with gr.Accordion("Segment Anything", open=False, elem_id="img2img_sam_accordion"):
+                segment = build_segment_panel(ctx, "img2img")
             resize_mode = gr.Radio(list(RESIZE_MODES), value="Just resize", label="Resize mode",
                                    elem_id="resize_mode")
             with gr.Accordion("Inpaint options", open=True, elem_id="img2img_inpaint_controls"):
@@ -129,6 +135,7 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                     padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
                                         elem_id="img2img_inpaint_full_res_padding")
             sampler, schedule, steps = build_sampler_row(ctx, "img2img")
+            restore_faces = build_restore_faces("img2img")
             resize_by_tab = gr.State("to")
             with gr.Tabs(elem_id="img2img_tabs_resize"):
                 with gr.Tab("Resize to", elem_id="img2img_tab_resize_to") as tab_resize_to:
@@ -148,6 +155,7 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
             seed = build_seed_row("img2img", last_seed)
             clip_skip = build_clip_skip(ctx, "img2img")
             control = build_control_accordions(ctx, "img2img", checkpoint, width, height)
+            sd_upscale = build_sd_upscale(ctx)
 
         with gr.Column(scale=1, elem_id="img2img_results"):
             results = build_results("img2img", last_seed)
@@ -162,13 +170,14 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
               upload_mask, outpaint_image, pad_left, pad_right, pad_up, pad_down, batch_input, batch_output,
               batch_masks, resize_mode, resize_by_tab, scale_by, mask_blur, mask_mode, masked_content,
               inpaint_area, padding, sampler, schedule, steps, cfg, denoise, width, height, seed, batch_count,
-              batch_size, clip_skip, *control.inputs]
+              batch_size, clip_skip, restore_faces, *sd_upscale, *control.inputs]
 
     # `request` first: Gradio fills a gr.Request only among the leading positional parameters.
     def run(request: gr.Request, mode_name, checkpoint_title, prompt_text, negative_text, style_names, image, sketch_value,
             inpaint_value, up_image, up_mask, out_image, left, right, up, down, in_dir, out_dir, mask_dir,
             resize, resize_tab, factor, blur, mask_mode_name, content, area, pad, sampler_name, schedule_type,
-            n_steps, cfg_scale, strength, w, h, seed_value, n_iter, n_batch, skip_layers, *control_values):
+            n_steps, cfg_scale, strength, w, h, seed_value, n_iter, n_batch, skip_layers, restore, sdu_on, sdu_name,
+            sdu_scale, sdu_overlap, *control_values):
         skipped: list[tuple[str, str]] = []
         try:
             fields = dict(
@@ -179,7 +188,10 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                 denoising_strength=float(strength), resize_mode=resize, mask_blur=int(blur),
                 inpainting_fill=content, inpaint_full_res=area == "Only masked",
                 inpaint_full_res_padding=int(pad), inpainting_mask_invert=mask_mode_name == "Inpaint not masked",
-                width=int(w), height=int(h), controlnet_units=control.units_from(list(control_values)))
+                width=int(w), height=int(h), controlnet_units=control.units_from(list(control_values)),
+                restore_faces=bool(restore),
+                sd_upscale={"enabled": bool(sdu_on), "upscaler": sdu_name or "None", "scale_factor": float(sdu_scale),
+                            "overlap": int(sdu_overlap)})
             if mode_name == "batch":
                 if not allow_folders:
                     raise ValueError("folder batches are turned off on this server")
@@ -204,13 +216,28 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
     row.generate.click(run, inputs=inputs, outputs=results.outputs, concurrency_limit=None)
     row.prompt.submit(run, inputs=inputs, outputs=results.outputs, concurrency_limit=None)
     wire_job_buttons(row, jobs)
+    segment.send_inpaint.click(send_segment_to_inpaint, inputs=segment.picture_and_mask,
+                               outputs=[inpaint, mode_tabs, mode], queue=False)
     return Img2ImgTab(
         row=row, results=results, mode_tabs=mode_tabs, mode=mode, init_image=init_image, sketch=sketch,
         inpaint=inpaint, upload_image=upload_image, upload_mask=upload_mask, outpaint_image=outpaint_image,
         sampler=sampler, schedule=schedule, steps=steps, cfg=cfg, denoise=denoise, width=width, height=height,
         seed=seed, batch_count=batch_count, batch_size=batch_size, clip_skip=clip_skip, resize_mode=resize_mode,
         mask_blur=mask_blur, mask_mode=mask_mode, masked_content=masked_content, inpaint_area=inpaint_area,
-        padding=padding, control=control)
+        padding=padding, restore_faces=restore_faces, segment=segment, control=control)
+
+
+def build_sd_upscale(ctx: AppContext) -> list:
+    """A1111's "SD upscale" script, as a mode until scripts exist: [enabled, upscaler, scale, overlap]."""
+    with gr.Accordion("SD upscale", open=False, elem_id="img2img_sd_upscale"):
+        gr.Markdown("Upscale the picture, then redraw it in tiles of Width x Height that overlap.")
+        enabled = gr.Checkbox(label="Enable", value=False, elem_id="img2img_sd_upscale_enable")
+        upscaler = gr.Dropdown(label="Upscaler", choices=ctx.extras.upscalers.names(), value="None",
+                               elem_id="img2img_sd_upscale_upscaler")
+        with gr.Row():
+            scale = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Scale Factor", elem_id="img2img_sd_upscale_scale")
+            overlap = gr.Slider(0, 256, value=64, step=16, label="Tile overlap", elem_id="img2img_sd_upscale_overlap")
+    return [enabled, upscaler, scale, overlap]
 
 
 def _need(image, what: str) -> Image.Image:

@@ -84,6 +84,11 @@ def common_readers(prompt, negative, sampler, schedule, steps, cfg, seed, width,
     ]
 
 
+def restore_faces_reader(checkbox) -> PasteTarget:
+    """A1111 writes "Face restoration: CodeFormer" only when the box was ticked."""
+    return [(checkbox, lambda params: "Face restoration" in params)]
+
+
 def hires_readers(enabled, upscaler, steps, denoise, scale, resize_x, resize_y) -> PasteTarget:
     return [
         (enabled, lambda params: any(k in params for k in _HIRES_KEYS)),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from backend.images.infotext import parse_infotext, read_infotext
+from backend.images.infotext import parse_infotext, parse_params_line, read_infotext
 
 
 @dataclass
@@ -35,11 +35,18 @@ def build_png_info_tab() -> PngInfoTab:
         if img is None:
             return "", ""
         raw = read_infotext(img)
-        if not raw:
+        extras = img.info.get("extras") if isinstance(img.info.get("extras"), str) else ""
+        if not raw and not extras:
             return "", "<p>This image has no generation parameters.</p>"
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
-                       for k, v in parse_infotext(raw).items())
-        return raw, f"<table>{rows}</table>"
+                       for k, v in parse_infotext(raw).items()) if raw else ""
+        # The Extras tab's steps (A1111's "extras" chunk): shown after the generation parameters.
+        extra_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
+                             for k, v in parse_params_line(extras).items()) if extras else ""
+        text = raw or ""
+        if extras:
+            text = f"{text}\n\nextras: {extras}".strip()
+        return text, f"<table>{rows}{extra_rows}</table>"
 
     image.change(read, inputs=image, outputs=[text, fields])
     return PngInfoTab(image=image, text=text, send_txt2img=send_txt2img, send_img2img=send_img2img,

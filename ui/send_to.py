@@ -26,7 +26,7 @@ def txt2img_target(tab: Txt2ImgTab) -> pf.PasteTarget:
                               tab.seed, tab.width, tab.height, tab.clip_skip)
             + pf.hires_readers(hires.enabled, hires.upscaler, hires.steps, hires.denoise, hires.scale,
                                hires.resize_x, hires.resize_y)
-            + pf.control_readers(tab.control.units))
+            + pf.restore_faces_reader(tab.restore_faces) + pf.control_readers(tab.control.units))
 
 
 def img2img_target(tab: Img2ImgTab) -> pf.PasteTarget:
@@ -34,7 +34,7 @@ def img2img_target(tab: Img2ImgTab) -> pf.PasteTarget:
                               tab.seed, tab.width, tab.height, tab.clip_skip)
             + pf.img2img_readers(tab.denoise, tab.resize_mode, tab.mask_blur, tab.mask_mode, tab.masked_content,
                                  tab.inpaint_area, tab.padding)
-            + pf.control_readers(tab.control.units))
+            + pf.restore_faces_reader(tab.restore_faces) + pf.control_readers(tab.control.units))
 
 
 def _gallery_pick(gallery, selected, infotexts) -> tuple[Image.Image, str]:

@@ -15,8 +15,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from backend.api.auth import parse_credentials
 from backend.api.controlnet_routes import create_controlnet_router
 from backend.api.routes import create_api_router
+from backend.api.sam_routes import sam_router
 from backend.app_context import AppContext, AppPaths, build_app_context
 from backend.devices import DeviceSettings
+from backend.extras.upscalers import UPSCALER_FOLDERS
 
 log = logging.getLogger("studio")
 
@@ -54,6 +56,9 @@ def build_http_app(ctx: AppContext, args: argparse.Namespace, ui_auth: list, api
     if documented:
         app.include_router(create_api_router(ctx, api_auth), prefix="/sdapi/v1")
         app.include_router(create_controlnet_router(ctx, api_auth), prefix="/controlnet")
+        # sd-webui-segment-anything's routes; SAM runs on the device, so its calls wait their turn there.
+        app.include_router(sam_router(ctx.extras.segment, api_auth, on_device=ctx.service.queue.on_device_now),
+                           prefix="/sam")
     if not args.nowebui:
         import gradio as gr
 
@@ -118,7 +123,11 @@ def serve_studio(args: argparse.Namespace) -> None:
                      vae_dirs=[d.resolve() for d in args.vae_dir or []],
                      controlnet_dirs=[d.resolve() for d in args.controlnet_dir or []],
                      annotator_dir=args.controlnet_annotator_models_path.resolve()
-                     if args.controlnet_annotator_models_path else None)
+                     if args.controlnet_annotator_models_path else None,
+                     upscaler_dirs={family: [folder.resolve()] for family in UPSCALER_FOLDERS
+                                    if (folder := getattr(args, f"{family.lower()}_models_path", None))},
+                     gfpgan_dir=args.gfpgan_models_path.resolve() if args.gfpgan_models_path else None,
+                     codeformer_dir=args.codeformer_models_path.resolve() if args.codeformer_models_path else None)
     ui_auth = parse_credentials(args.gradio_auth, args.gradio_auth_path)
     api_auth = parse_credentials(args.api_auth)
     ctx = build_app_context(paths, device, command_flags=vars(args))

@@ -20,6 +20,7 @@ from ui.widgets import (
     ResultWidgets,
     build_batch_sliders,
     build_clip_skip,
+    build_restore_faces,
     build_prompt_row,
     build_results,
     build_sampler_row,
@@ -27,6 +28,12 @@ from ui.widgets import (
     stream_job,
     wire_job_buttons,
 )
+
+
+def hires_upscaler_choices(ctx: AppContext) -> list[str]:
+    """Latent modes, Lanczos, Nearest, then the upscaler models in models/ESRGAN etc., as A1111 lists them."""
+    models = [n for n in ctx.extras.upscalers.names() if n not in ("None", *HIRES_UPSCALERS)]
+    return [*HIRES_UPSCALERS, *models]
 
 
 @dataclass
@@ -55,6 +62,7 @@ class Txt2ImgTab:
     batch_size: gr.Slider
     clip_skip: gr.Slider
     hires: HiresWidgets
+    restore_faces: gr.Checkbox
     control: ControlWidgets
 
     @property
@@ -72,10 +80,11 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
     with gr.Row():
         with gr.Column(scale=1, elem_id="txt2img_settings"):
             sampler, schedule, steps = build_sampler_row(ctx, "txt2img")
+            restore_faces = build_restore_faces("txt2img")
             with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
                 hr_enabled = gr.Checkbox(label="Enable", value=False, elem_id="txt2img_enable_hr")
                 with gr.Row():
-                    hr_upscaler = gr.Dropdown(label="Upscaler", choices=list(HIRES_UPSCALERS), value="Latent",
+                    hr_upscaler = gr.Dropdown(label="Upscaler", choices=hires_upscaler_choices(ctx), value="Latent",
                                               elem_id="txt2img_hr_upscaler")
                     hr_steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0 = same)",
                                          elem_id="txt2img_hires_steps")
@@ -107,19 +116,19 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                          scale=hr_scale, resize_x=hr_resize_x, resize_y=hr_resize_y)
     inputs = [checkpoint, row.prompt, row.negative, row.styles, sampler, schedule, steps, cfg, width, height, seed,
               batch_count, batch_size, clip_skip, hr_enabled, hr_upscaler, hr_scale, hr_resize_x, hr_resize_y,
-              hr_steps, hr_denoise, *control.inputs]
+              hr_steps, hr_denoise, restore_faces, *control.inputs]
 
     # `request` first: Gradio fills a gr.Request only among the leading positional parameters.
     def run(request: gr.Request, checkpoint_title, prompt_text, negative_text, style_names, sampler_name, schedule_type, n_steps,
             cfg_scale, w, h, seed_value, n_iter, n_batch, skip_layers, hr_on, hr_up, hr_by, hr_x, hr_y, hr_n,
-            hr_strength, *control_values):
+            hr_strength, restore, *control_values):
         try:
             req = Txt2ImgRequest(
                 prompt=prompt_text or "", negative_prompt=negative_text or "", styles=style_names or [],
                 sampler_name=sampler_name, scheduler=schedule_type, steps=int(n_steps), cfg_scale=float(cfg_scale),
                 width=int(w), height=int(h), seed=int(seed_value if seed_value is not None else -1),
                 n_iter=int(n_iter), batch_size=int(n_batch), clip_skip=int(skip_layers),
-                checkpoint=checkpoint_title or None,
+                checkpoint=checkpoint_title or None, restore_faces=bool(restore),
                 hires={"enabled": bool(hr_on), "upscaler": hr_up, "upscale_by": float(hr_by),
                        "resize_x": int(hr_x), "resize_y": int(hr_y), "steps": int(hr_n),
                        "denoising_strength": float(hr_strength)},
@@ -133,4 +142,4 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
     wire_job_buttons(row, jobs)
     return Txt2ImgTab(row=row, results=results, sampler=sampler, schedule=schedule, steps=steps, cfg=cfg,
                       width=width, height=height, seed=seed, batch_count=batch_count, batch_size=batch_size,
-                      clip_skip=clip_skip, hires=hires, control=control)
+                      clip_skip=clip_skip, hires=hires, restore_faces=restore_faces, control=control)

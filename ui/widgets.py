@@ -116,6 +116,11 @@ def build_clip_skip(ctx: AppContext, tab: str) -> gr.Slider:
                      elem_id=f"{tab}_clip_skip")
 
 
+def build_restore_faces(tab: str) -> gr.Checkbox:
+    # The model is the face_restoration_model setting, read when the job runs.
+    return gr.Checkbox(label="Restore faces", value=False, elem_id=f"{tab}_restore_faces")
+
+
 def build_results(tab: str, last_seed: gr.State) -> ResultWidgets:
     gallery = gr.Gallery(label="Output", columns=2, format="png", elem_id=f"{tab}_gallery", height=520)
     with gr.Row():

@@ -99,7 +99,6 @@ _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "subseed_strength": (_is(0), "variation seeds are not supported"),
     "seed_resize_from_h": (lambda v: v <= 0, "resizing the seed from another size is not supported"),
     "seed_resize_from_w": (lambda v: v <= 0, "resizing the seed from another size is not supported"),
-    "restore_faces": (_is(None, False), "face restoration is not supported in txt2img"),
     "tiling": (_is(None, False), "tiling is not supported"),
     "s_min_uncond": (_is(None, 0), "s_min_uncond is not supported"),
     "s_churn": (_is(None, 0), "s_churn is not supported"),
@@ -214,6 +213,8 @@ def apply_infotext(req: ApiProcessing) -> ApiProcessing:
     if isinstance(req, ApiTxt2Img) and "Denoising strength" in params and any(
             k in params for k in ("Hires upscale", "Hires upscaler", "Hires resize-1")):
         values["enable_hr"] = True
+    if "Face restoration" in params and "restore_faces" in fields:
+        values["restore_faces"] = True
     if isinstance(req, ApiImg2Img):
         for key, (field, read) in _INFOTEXT_IMG2IMG.items():
             if key in params:
@@ -284,7 +285,7 @@ def _shared_fields(req: ApiProcessing, options: Options) -> dict[str, Any]:
         sampler_name=sampler, scheduler=scheduler, steps=req.steps, cfg_scale=req.cfg_scale,
         width=req.width, height=req.height, seed=req.seed, batch_size=req.batch_size,
         n_iter=req.n_iter, clip_skip=options.CLIP_stop_at_last_layers,
-        save_images=req.save_images, controlnet_units=units,
+        save_images=req.save_images, controlnet_units=units, restore_faces=bool(req.restore_faces),
     )
     fields.update(overridden)
     return fields
@@ -362,11 +363,13 @@ def to_img2img_request(req: ApiImg2Img, options: Options) -> Img2ImgRequest:
 
 # --- results --------------------------------------------------------------
 
-def encode_png_base64(image: Image.Image, infotext: str | None) -> str:
-    """Base64 PNG with the A1111 `parameters` text chunk."""
+def encode_png_base64(image: Image.Image, infotext: str | None, extras_info: str = "") -> str:
+    """Base64 PNG with the A1111 `parameters` text chunk (and `extras`, for what the Extras tab did)."""
     meta = PngInfo()
     if infotext:
         meta.add_text("parameters", infotext)
+    if extras_info:
+        meta.add_text("extras", extras_info)
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=meta)
     return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -19,11 +19,11 @@ from pydantic import ValidationError
 
 from backend.api import convert
 from backend.api.auth import Credentials, basic_auth_dependency, caller
+from backend.api.extras_api import add_extras_routes
 from backend.api.jobs import ApiJobs, ApiTask
 from backend.api.schemas import (
     EmbeddingItem,
     EmbeddingsResponse,
-    FaceRestorerItem,
     ImageToImageResponse,
     LatentUpscalerModeItem,
     LoraItem,
@@ -40,10 +40,9 @@ from backend.api.schemas import (
     StableDiffusionImg2ImgProcessingAPI,
     StableDiffusionTxt2ImgProcessingAPI,
     TextToImageResponse,
-    UpscalerItem,
 )
 from backend.devices import memory_report
-from backend.generation.request import HIRES_UPSCALERS, LATENT_UPSCALERS
+from backend.generation.request import LATENT_UPSCALERS
 from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, sampler_aliases
 from backend.images.infotext import parse_infotext, read_infotext
 from backend.images.loading import ImageInputError, decode_base64_mask
@@ -255,19 +254,11 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
         styles = [ctx.styles.get(name) for name in ctx.styles.names()]
         return [PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt) for s in styles if s]
 
-    @router.get("/upscalers", response_model=list[UpscalerItem])
-    def upscalers() -> list[UpscalerItem]:
-        # What hires. fix can use today: plain resamplers (ESRGAN-family models arrive with Extras).
-        return [UpscalerItem(name="None")] + [UpscalerItem(name=n) for n in HIRES_UPSCALERS
-                                              if n not in LATENT_UPSCALERS]
+    add_extras_routes(router, ctx, run)
 
     @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])
     def latent_upscale_modes() -> list[LatentUpscalerModeItem]:
         return [LatentUpscalerModeItem(name=n) for n in LATENT_UPSCALERS]
-
-    @router.get("/face-restorers", response_model=list[FaceRestorerItem])
-    def face_restorers() -> list[FaceRestorerItem]:
-        return []  # CodeFormer/GFPGAN arrive with Extras
 
     @router.get("/scripts", response_model=ScriptsList)
     def scripts() -> ScriptsList:

@@ -14,7 +14,7 @@ from backend.generation.request import LATENT_UPSCALERS, HiresFix
 
 # A1111's latent upscaler names -> torch interpolation modes.
 _LATENT_MODES = {"Latent": "bilinear", "Latent (nearest)": "nearest", "Latent (bicubic)": "bicubic"}
-_PIXEL_FILTERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
+PIXEL_FILTERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
 
 
 def is_latent_upscaler(name: str) -> bool:
@@ -38,9 +38,21 @@ def upscale_latents(latents: torch.Tensor, size: tuple[int, int], upscaler: str,
     return resized.to(latents.dtype)
 
 
-def upscale_images(images: list[Image.Image], size: tuple[int, int], upscaler: str) -> list[Image.Image]:
-    """Pixel-space resize to `size` = (width, height) with PIL."""
-    return [image.resize(size, resample=_PIXEL_FILTERS[upscaler]) for image in images]
+def check_pixel_upscaler(upscaler: str, extras) -> None:
+    """A pixel-space upscaler this studio has: Lanczos / Nearest, or a model from models/ESRGAN etc."""
+    if extras is not None:
+        extras.check_upscaler(upscaler)
+    elif upscaler not in PIXEL_FILTERS:
+        raise ValueError(f"unknown hires. fix upscaler {upscaler!r}; choose one of: "
+                         f"{', '.join([*LATENT_UPSCALERS, *PIXEL_FILTERS])}")
+
+
+def upscale_images(images: list[Image.Image], size: tuple[int, int], upscaler: str, extras=None,
+                   should_stop=None) -> list[Image.Image]:
+    """Pixel-space resize to `size` = (width, height): PIL's filters, or an upscaler model through Extras."""
+    if extras is not None:
+        return extras.upscale(images, size, upscaler, should_stop=should_stop)
+    return [image.resize(size, resample=PIXEL_FILTERS[upscaler]) for image in images]
 
 
 def infotext_params(hires: HiresFix) -> dict[str, object]:

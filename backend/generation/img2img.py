@@ -28,6 +28,7 @@ from backend.generation.sampling import (
     inpaint_class,
     run_batches,
 )
+from backend.generation.sd_upscale import run_sd_upscale
 from backend.generation.vae_codec import encode_pixels, images_to_pixels
 from backend.images import masking
 from backend.images.loading import to_mask
@@ -241,6 +242,12 @@ def run_img2img(loaded: LoadedCheckpoint, request: Img2ImgRequest, job: JobContr
     `prompt`/`negative_prompt` are the final texts (styles already applied).
     The caller calls `job.finish()`.
     """
-    check_can_sample(loaded, request, "img2img")
-    run = _Img2ImgRun(loaded, request, job, device_settings, prompt, negative_prompt, **networks)
-    return run_batches(run, job)
+    check_can_sample(loaded, request, "img2img", networks.get("extras"))
+
+    def run_plain(req: Img2ImgRequest, job: JobControl) -> GenerationOutput:
+        return run_batches(_Img2ImgRun(loaded, req, job, device_settings, prompt, negative_prompt, **networks), job)
+
+    if request.sd_upscale.enabled:
+        return run_sd_upscale(loaded, request, job, run_tiles=run_plain, prompt=prompt,
+                              negative_prompt=negative_prompt, extras=networks.get("extras"))
+    return run_plain(request, job)

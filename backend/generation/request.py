@@ -22,9 +22,9 @@ MAX_STEPS = 150
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 
-HiresUpscaler = Literal["Latent", "Latent (nearest)", "Latent (bicubic)", "Lanczos", "Nearest"]
-HIRES_UPSCALERS: tuple[str, ...] = HiresUpscaler.__args__  # type: ignore[attr-defined]
 LATENT_UPSCALERS = ("Latent", "Latent (nearest)", "Latent (bicubic)")
+# Besides these, hires. fix takes any upscaler of models/ESRGAN etc. by name (checked when the job starts).
+HIRES_UPSCALERS: tuple[str, ...] = (*LATENT_UPSCALERS, "Lanczos", "Nearest")
 
 
 def _check_size(name: str, value: int) -> int:
@@ -41,7 +41,7 @@ class HiresFix(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
-    upscaler: HiresUpscaler = "Latent"
+    upscaler: str = Field("Latent", min_length=1)
     upscale_by: float = Field(2.0, ge=1.0, le=4.0)
     resize_x: int = Field(0, ge=0)  # 0 = use upscale_by
     resize_y: int = Field(0, ge=0)
@@ -83,6 +83,7 @@ class GenerationRequest(BaseModel):
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)  # images per sampling pass
     n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT)  # "Batch count": sampling passes
     clip_skip: int = Field(1, ge=1, le=12)
+    restore_faces: bool = False  # the face_restoration_model setting, after each picture
     # Title "name [hash]", file name, or name without extension; None = the selected one.
     checkpoint: str | None = None
     vae: str | None = None  # "Automatic", "None" or a file in models/VAE; None = the sd_vae setting
@@ -162,6 +163,17 @@ class Outpaint(BaseModel):
         return any((self.left, self.right, self.up, self.down))
 
 
+class SdUpscale(BaseModel):
+    """A1111's "SD upscale" script: upscale the picture, then img2img it in overlapping tiles of width x height."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    upscaler: str = Field("None", min_length=1)  # "None" = Lanczos, as the script's first choice
+    scale_factor: float = Field(2.0, ge=1.0, le=4.0)
+    overlap: int = Field(64, ge=0, le=256)
+
+
 class Img2ImgRequest(GenerationRequest):
     """img2img, inpaint and outpaint: A1111's img2img fields on top of the shared ones.
 
@@ -184,6 +196,16 @@ class Img2ImgRequest(GenerationRequest):
     inpaint_full_res_padding: int = Field(32, ge=0, le=1024)
     inpainting_mask_invert: bool = False  # "Mask mode: Inpaint not masked"
     outpaint: Outpaint = Field(default_factory=Outpaint)
+    sd_upscale: SdUpscale = Field(default_factory=SdUpscale)
+
+    @model_validator(mode="after")
+    def _sd_upscale_alone(self) -> "Img2ImgRequest":
+        if self.sd_upscale.enabled and (self.mask is not None or self.outpaint.enabled):
+            raise ValueError("SD upscale works on the whole picture: send no mask and no outpainting with it")
+        if self.sd_upscale.enabled and self.sd_upscale.overlap >= min(self.width, self.height):
+            raise ValueError(f"SD upscale overlap {self.sd_upscale.overlap} must be smaller than the tile "
+                             f"({self.width}x{self.height})")
+        return self
 
     @model_validator(mode="after")
     def _outpaint_alone(self) -> "Img2ImgRequest":

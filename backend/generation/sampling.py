@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import diffusers
 import torch
@@ -38,6 +39,9 @@ from backend.models.types import LoadedCheckpoint
 from backend.networks.embeddings import EmbeddingStore
 from backend.prompts.conditioning import PromptEncoder, StepConditioning
 from backend.prompts.extra_networks import strip_tags
+
+if TYPE_CHECKING:
+    from backend.extras.in_generation import GenerationExtras
 
 VERSION = f"diffusers {diffusers.__version__}"
 
@@ -129,8 +133,9 @@ class SamplingRun:
     def __init__(self, loaded: LoadedCheckpoint, request: GenerationRequest, job: JobControl,
                  device_settings, prompt: str, negative_prompt: str, embeddings: EmbeddingStore | None = None,
                  network_params: dict[str, object] | None = None, vae=None, vae_params: dict | None = None,
-                 control: ControlPlan | None = None):
+                 control: ControlPlan | None = None, extras: GenerationExtras | None = None):
         self.loaded, self.request, self.job = loaded, request, job
+        self.extras = extras  # model upscalers for hires. fix, "Restore faces"; None: PIL resamplers only
         self.family = loaded.variant.family
         self.prompt, self.negative_prompt = prompt, negative_prompt
         self.generator_device = getattr(device_settings, "generator_device", "cpu")
@@ -216,6 +221,7 @@ class SamplingRun:
             "Schedule type": scheduler_label(req.sampler_name, req.scheduler),
             "CFG scale": req.cfg_scale,
             "Seed": seed,
+            "Face restoration": self.extras.face_restorer if req.restore_faces and self.extras else None,
             "Size": f"{width}x{height}",
             "Model hash": info.shorthash,
             "Model": info.model_name,
@@ -234,11 +240,16 @@ class SamplingRun:
             params["TI hashes"] = ", ".join(f"{name}: {self.embeddings[name].shorthash}"
                                             for name in sorted(self.embeddings_used))
         params["Version"] = VERSION
-        return params
+        return {k: v for k, v in params.items() if v is not None}
 
 
-def check_can_sample(loaded: LoadedCheckpoint, request: GenerationRequest, task: str) -> None:
-    """Refuse, before any work, a model or sampler this runner cannot use."""
+def check_can_sample(loaded: LoadedCheckpoint, request: GenerationRequest, task: str,
+                     extras: GenerationExtras | None = None) -> None:
+    """Refuse, before any work, a model, sampler, upscaler or face restorer this runner cannot use."""
+    if request.restore_faces:
+        if extras is None:
+            raise ValueError("face restoration is not available in this studio")
+        extras.check_face_restorer()
     if not isinstance(loaded.pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
         raise ValueError(f"{loaded.info.name} ({loaded.variant.label}) cannot do {task}")
     channels = loaded.pipe.unet.config.in_channels
@@ -264,6 +275,9 @@ def run_batches(run: SamplingRun, job: JobControl) -> GenerationOutput:
         job.take_skip()  # a skip pressed between batches belongs to none of them
         seeds = [seed + job_no * request.batch_size + i for i in range(request.batch_size)]
         images = run.batch(seeds, job_no)
+        if request.restore_faces and run.extras is not None:
+            job.text = f"Batch {job_no + 1} of {request.n_iter}, restoring faces"
+            images = [run.extras.restore_faces(image) for image in images]
         for image, image_seed in zip(images, seeds):
             params = run.params(image_seed)
             out.images.append(image)

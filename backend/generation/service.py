@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -27,13 +27,16 @@ from backend.models.errors import UnknownCheckpointError
 from backend.models.types import LoadedCheckpoint
 from backend.networks.library import Activation, NetworkLibrary
 
+if TYPE_CHECKING:
+    from backend.extras.in_generation import GenerationExtras
+
 class GenerationOutOfMemory(RuntimeError):
     """The device ran out of memory during one job; the studio and the next job are fine."""
 
 
 # Infotext entries that A1111 keeps in `extra_generation_params` rather than as fields of its own.
-_BASE_PARAMS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-                "VAE hash", "VAE", "Clip skip", "Version"}
+_BASE_PARAMS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Face restoration", "Size", "Model hash",
+                "Model", "VAE hash", "VAE", "Clip skip", "Version"}
 
 
 @dataclass
@@ -50,8 +53,10 @@ class GenerationResult:
 
 class GenerationService:
     def __init__(self, manager, options_store, styles, device_settings, *, root: Path | None = None,
-                 networks: NetworkLibrary | None = None, control: ControlLibrary | None = None):
+                 networks: NetworkLibrary | None = None, control: ControlLibrary | None = None,
+                 extras: GenerationExtras | None = None):
         self.manager = manager
+        self.extras = extras  # model upscalers for hires. fix and "Restore faces"
         self.networks = networks
         self.control = control
         self.options_store = options_store
@@ -82,7 +87,7 @@ class GenerationService:
                 plan = self._control_plan(loaded, request)
                 try:
                     output = runner(loaded, request, job, device_settings=self.device_settings,
-                                    prompt=prompt, negative_prompt=negative, control=plan,
+                                    prompt=prompt, negative_prompt=negative, control=plan, extras=self.extras,
                                     **activation.runner_kwargs(self.networks.embeddings if self.networks else None))
                 finally:
                     if plan is not None:
@@ -109,7 +114,7 @@ class GenerationService:
             job.finish()
         return GenerationResult(
             images=output.images, infotexts=output.infotexts, seeds=output.seeds, paths=paths,
-            info=self._info(output, request, loaded, prompt, negative, started),
+            info=self._info(output, request, loaded, prompt, negative, started, self.extras),
             interrupted=output.interrupted, warnings=activation.warnings,
             control_maps=[] if options.control_net_no_detectmap else list(output.control_maps),
         )
@@ -157,7 +162,7 @@ class GenerationService:
 
     @staticmethod
     def _info(output: GenerationOutput, request: GenerationRequest, loaded: LoadedCheckpoint, prompt: str,
-              negative: str, started: datetime) -> dict[str, Any]:
+              negative: str, started: datetime, extras: GenerationExtras | None = None) -> dict[str, Any]:
         count = len(output.images)
         first = output.params[0] if output.params else {}
         extra = {k: v for k, v in first.items() if k not in _BASE_PARAMS}
@@ -180,8 +185,8 @@ class GenerationService:
             "steps": request.steps,
             "batch_size": request.batch_size,
             "n_iter": request.n_iter,
-            "restore_faces": False,
-            "face_restoration_model": None,
+            "restore_faces": request.restore_faces,
+            "face_restoration_model": extras.face_restorer if request.restore_faces and extras else None,
             "sd_model_name": loaded.info.model_name,
             "sd_model_hash": loaded.info.shorthash,
             "sd_vae_name": first.get("VAE"),

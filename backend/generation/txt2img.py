@@ -79,7 +79,7 @@ class _Txt2ImgRun(SamplingRun):
             image = hr.upscale_latents(latents, size, fix.upscaler, pipe.vae_scale_factor)
         else:
             image = hr.upscale_images(decode_latents(pipe, latents, upcast=self.family.is_sdxl),
-                                      size, fix.upscaler)
+                                      size, fix.upscaler, self.extras, should_stop=lambda: self.job.interrupted)
         if self.hires_steps == 0:  # strength too low for a single step: the upscale is the result
             return decode_latents(pipe, image, upcast=self.family.is_sdxl) if torch.is_tensor(image) else image
         extra = {}
@@ -111,7 +111,9 @@ def run_txt2img(loaded: LoadedCheckpoint, request: Txt2ImgRequest, job: JobContr
     `prompt`/`negative_prompt` are the final texts (styles already applied).
     The caller calls `job.finish()`.
     """
-    check_can_sample(loaded, request, "text-to-image")
+    check_can_sample(loaded, request, "text-to-image", networks.get("extras"))
+    if request.hires.enabled and not hr.is_latent_upscaler(request.hires.upscaler):
+        hr.check_pixel_upscaler(request.hires.upscaler, networks.get("extras"))
 
     run = _Txt2ImgRun(loaded, request, job, device_settings, prompt, negative_prompt, **networks)
     return run_batches(run, job)

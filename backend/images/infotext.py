@@ -63,6 +63,18 @@ def format_infotext(prompt: str, negative_prompt: str, params: dict[str, object]
     return f"{prompt}{negative}\n{line}".strip()
 
 
+def parse_params_line(line: str) -> dict[str, str]:
+    """`Key: value, Key: "quoted, value", ...` -> {key: value}; also A1111's "extras" chunk."""
+    result: dict[str, str] = {}
+    for key, value in _RE_PARAM.findall(line):
+        value = unquote(value.strip())
+        result[key] = value
+        size = _RE_IMAGESIZE.match(value)
+        if size:
+            result[f"{key}-1"], result[f"{key}-2"] = size.group(1), size.group(2)
+    return result
+
+
 def parse_infotext(text: str) -> dict[str, str]:
     """Inverse of format_infotext; also reads infotext written by A1111 itself.
 
@@ -86,13 +98,7 @@ def parse_infotext(text: str) -> dict[str, str]:
             line = line[len(NEGATIVE_PREFIX):].strip()
         (negative if in_negative else prompt).append(line)
 
-    result: dict[str, str] = {}
-    for key, value in _RE_PARAM.findall(last):
-        value = unquote(value.strip())
-        result[key] = value
-        size = _RE_IMAGESIZE.match(value)
-        if size:
-            result[f"{key}-1"], result[f"{key}-2"] = size.group(1), size.group(2)
+    result = parse_params_line(last)
     result["Prompt"] = "\n".join(prompt)
     result["Negative prompt"] = "\n".join(negative)
     return result

@@ -155,14 +155,18 @@ def _dir_lock(directory: Path) -> threading.Lock:
         return _dir_locks.setdefault(key, threading.Lock())
 
 
-def _encode(image: Image.Image, fmt: str, infotext: str, jpeg_quality: int, fileobj) -> None:
+def _encode(image: Image.Image, fmt: str, infotext: str, jpeg_quality: int, fileobj, extras_info: str = "") -> None:
     pil_format = _PIL_FORMATS[fmt]
     if pil_format == "PNG":
         info = PngInfo()
         if infotext:
             info.add_text("parameters", infotext)  # tEXt, or iTXt if not latin-1
+        if extras_info:
+            info.add_text("extras", extras_info)  # A1111's chunk for what the Extras tab did
         image.save(fileobj, format="PNG", pnginfo=info)
         return
+    if extras_info:  # one EXIF comment only: the extras entries join the parameters' last line
+        infotext = f"{infotext}, {extras_info}" if infotext else extras_info
     exif = user_comment_exif(infotext) if infotext else b""
     if pil_format == "JPEG":
         if image.mode in ("RGBA", "LA", "P", "PA"):
@@ -181,6 +185,7 @@ def save_image(
     filename_pattern: str = "",
     tags: FilenameTags,
     jpeg_quality: int = 80,
+    extras_info: str = "",
 ) -> Path:
     """Save `image` as directory/NNNNN-<pattern>.<fmt> and return the path."""
     fmt = fmt.lower().lstrip(".")
@@ -197,7 +202,7 @@ def save_image(
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fileobj:
-            _encode(image, fmt, infotext, jpeg_quality, fileobj)
+            _encode(image, fmt, infotext, jpeg_quality, fileobj, extras_info)
             fileobj.flush()
             os.fsync(fileobj.fileno())
         with _dir_lock(directory):
