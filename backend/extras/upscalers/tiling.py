@@ -115,6 +115,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(C, h, w) float in [0, 1] -> (h, w, C) uint8 on the CPU, rounded. Works in place on float32 input
     (callers hand over buffers they are done with), so an untiled result is not copied in float."""
     x = x.float()
+    if x.is_inference() and not torch.is_inference_mode_enabled():
+        x = x.clone()  # a model's output made under inference_mode cannot be changed in place outside it
     return x.mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
 
 
