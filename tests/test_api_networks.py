@@ -67,7 +67,7 @@ def test_listing_and_maintenance_routes_answer_in_a1111_shapes(app_context, clie
     assert [m["name"] for m in client.get(f"{API}/latent-upscale-modes").json()] == [
         "Latent", "Latent (nearest)", "Latent (bicubic)"]
     assert client.get(f"{API}/face-restorers").json() == []
-    assert client.get(f"{API}/scripts").json() == {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
+    assert client.get(f"{API}/scripts").json() == {"txt2img": ["controlnet"], "img2img": ["sd upscale", "controlnet"]}
     memory = client.get(f"{API}/memory").json()
     assert memory["ram"]["total"] > memory["ram"]["free"] > 0
 

@@ -184,3 +184,20 @@ def test_hires_fix_with_an_upscaler_model(client):
     assert not np.array_equal(px(image), px(with_lanczos))
     unknown = client.post(f"{API}/txt2img", json={**payload, "hr_upscaler": "4x-Nothing"})
     assert unknown.status_code == 422 and "4x-Nothing" in unknown.json()["detail"]
+
+
+def test_api_img2img_sd_upscale_script_with_an_upscaler_index(client):
+    names = [u["name"] for u in client.get(f"{API}/upscalers").json()]
+    payload = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 4, "denoising_strength": 0.4,
+               "init_images": [b64_png(picture((48, 40)))], "script_name": "SD upscale",
+               "script_args": ["", 16, names.index("x4-compact"), 2]}
+    response = client.post(f"{API}/img2img", json=payload)
+    assert response.status_code == 200, response.text
+    image = decode(response.json()["images"][0])
+    assert image.size == (96, 80)
+    params = parse_infotext(image.info["parameters"])
+    assert params["SD upscale upscaler"] == "x4-compact" and params["SD upscale overlap"] == "16"
+    bad = client.post(f"{API}/img2img", json={**payload, "script_args": ["", 16, 99, 2]})
+    assert bad.status_code == 422 and "script_args.2" in bad.json()["detail"]
+    other = client.post(f"{API}/img2img", json={**payload, "script_name": "X/Y/Z plot"})
+    assert other.status_code == 422 and "script_name" in other.json()["detail"]

@@ -106,7 +106,7 @@ _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "s_tmax": (lambda v: v in (None, 0) or v == math.inf, "s_tmax is not supported"),
     "s_noise": (_is(None, 1), "s_noise is not supported"),
     "refiner_checkpoint": (_is(None, "", "None"), "the SDXL refiner is not supported"),
-    "script_name": (_is(None, ""), "scripts are not supported"),
+    "script_name": (_is(None, ""), "scripts are not supported (img2img takes \"SD upscale\")"),
 }
 _UNSUPPORTED_TXT2IMG = {
     "firstpass_image": (_is(None, ""), "a first-pass image is not supported"),
@@ -124,8 +124,13 @@ _HIRES_SAME = {
 }
 
 
+SD_UPSCALE = "sd upscale"
+
+
 def _refusals(req: ApiProcessing, sampler: str, scheduler: str) -> list[tuple[str, str]]:
     unsupported = _UNSUPPORTED | (_UNSUPPORTED_IMG2IMG if isinstance(req, ApiImg2Img) else _UNSUPPORTED_TXT2IMG)
+    if isinstance(req, ApiImg2Img) and (req.script_name or "").strip().lower() == SD_UPSCALE:
+        unsupported = {k: v for k, v in unsupported.items() if k != "script_name"}
     problems = [(f, why) for f, (ok, why) in unsupported.items() if not ok(getattr(req, f))]
     if req.disable_extra_networks and "<" in req.prompt + req.negative_prompt:
         problems.append(("disable_extra_networks", "cannot ignore <...> networks in the prompt"))
@@ -330,8 +335,23 @@ def _api_image(data: str, what: str, options: Options, open_as: Callable[[bytes,
     return open_as(raw, what)
 
 
-def to_img2img_request(req: ApiImg2Img, options: Options) -> Img2ImgRequest:
-    """Our request for an A1111 img2img payload (images decoded); raises ApiFieldError."""
+def _sd_upscale(req: ApiImg2Img, upscaler_names: list[str]) -> dict[str, Any]:
+    """A1111's SD upscale script_args: [info (ignored), overlap, upscaler index (or name), scale factor]."""
+    args = list(req.script_args) + [None] * 4
+    _, overlap, upscaler, scale = args[:4]
+    if isinstance(upscaler, int) and not isinstance(upscaler, bool):
+        if not 0 <= upscaler < len(upscaler_names):
+            raise ApiFieldError([("script_args.2", f"upscaler index {upscaler} is not one of the {len(upscaler_names)} "
+                                                   f"upscalers: {', '.join(upscaler_names)}")])
+        upscaler = upscaler_names[upscaler]
+    return {"enabled": True, "overlap": 64 if overlap is None else overlap,
+            "upscaler": upscaler or "None", "scale_factor": 2.0 if scale is None else scale}
+
+
+def to_img2img_request(req: ApiImg2Img, options: Options, upscaler_names: list[str] | None = None) -> Img2ImgRequest:
+    """Our request for an A1111 img2img payload (images decoded); raises ApiFieldError.
+
+    `upscaler_names` (the /upscalers order) resolves the SD upscale script's upscaler index."""
     req = apply_infotext(req)
     fields = _shared_fields(req, options)
     if not req.init_images:
@@ -358,6 +378,8 @@ def to_img2img_request(req: ApiImg2Img, options: Options) -> Img2ImgRequest:
         inpaint_full_res=req.inpaint_full_res, inpaint_full_res_padding=req.inpaint_full_res_padding,
         inpainting_mask_invert=bool(req.inpainting_mask_invert),
     )
+    if (req.script_name or "").strip().lower() == SD_UPSCALE:
+        fields["sd_upscale"] = _sd_upscale(req, upscaler_names or ["None", "Lanczos", "Nearest"])
     return _validate(Img2ImgRequest, fields, req)
 
 

@@ -155,7 +155,7 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
 
     @router.post("/img2img", response_model=ImageToImageResponse)
     def img2img(req: StableDiffusionImg2ImgProcessingAPI, http: Request) -> ImageToImageResponse:
-        request = convert.to_img2img_request(req, ctx.options.options)
+        request = convert.to_img2img_request(req, ctx.options.options, ctx.extras.upscalers.names())
         result = run(http, req.force_task_id, lambda job: ctx.service.img2img(request, job))
         parameters = req.model_dump()
         if not req.include_init_images:  # as A1111: the (large) inputs are not echoed unless asked
@@ -263,7 +263,7 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
     @router.get("/scripts", response_model=ScriptsList)
     def scripts() -> ScriptsList:
         # ControlNet is built in and takes sd-webui-controlnet's alwayson_scripts entry, so it is listed as there.
-        return ScriptsList(txt2img=["controlnet"], img2img=["controlnet"])
+        return ScriptsList(txt2img=["controlnet"], img2img=["sd upscale", "controlnet"])
 
     @router.get("/extensions")
     def extensions() -> list[dict[str, Any]]:
