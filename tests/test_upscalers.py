@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -289,6 +290,27 @@ def test_tiles_bound_what_the_model_sees_on_a_large_picture(tree):
         out = engine.upscale_with_model(model, picture(300, 220), scale=4, tile=64, tile_overlap=8)
     assert out.size == (1200, 880)
     assert len(watch.shapes) == 20 and max(max(s) for s in watch.shapes) <= 64 + 2 * 8
+
+
+class Nearest2x:
+    """A descriptor-like x2 that wants square inputs in multiples of 8: any misplaced or uncropped padding shows."""
+    scale, input_channels = 2, 3
+    size_requirements = SimpleNamespace(minimum=0, multiple_of=8, square=True)
+
+    def __init__(self):
+        self.shapes = []
+
+    def __call__(self, x):
+        self.shapes.append(tuple(x.shape[-2:]))
+        return torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+
+
+@pytest.mark.parametrize("size, tile", [((37, 21), 16), ((5, 3), 0), ((50, 9), 20)])
+def test_padding_for_size_requirements_is_cropped_away(size, tile):
+    model, image = Nearest2x(), picture(*size)
+    out = engine.upscale_with_model(model, image, scale=2, tile=tile, tile_overlap=4)
+    assert np.array_equal(pixels(out), pixels(image.resize((size[0] * 2, size[1] * 2), Image.Resampling.NEAREST)))
+    assert all(h == w and h % 8 == 0 for h, w in model.shapes)
 
 
 @pytest.mark.parametrize("file, size", [("RealESRGAN/RealESRGAN_x2plus.pth", (37, 29)),

@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from PIL import Image
 
-from backend.devices import release_cached_memory
+from backend.devices import is_out_of_memory, release_cached_memory
 from backend.extras.spandrel_models import ExtrasModelError, load_image_model
 from backend.extras.upscalers import files as found
 from backend.extras.upscalers import images
@@ -221,7 +221,15 @@ class UpscalerLibrary:
 
 def _usable_model(path: Path, device):
     """A spandrel descriptor for a picture-to-picture model that is not a face restorer."""
-    model = load_image_model(path, device)
+    try:
+        model = load_image_model(path, device)
+    except ExtrasModelError:
+        raise
+    except Exception as exc:  # one odd file must not break the listing of the others
+        if is_out_of_memory(exc):
+            raise UpscaleError(f"{path.name}: not enough memory to load it; free memory and try again") from None
+        raise ExtrasModelError(f"{path.name}: could not be read as an upscaler "
+                               f"({type(exc).__name__}: {str(exc)[:200]})") from None
     if model.purpose == "FaceSR":
         raise ExtrasModelError(f"{path.name}: this is a face-restoration model ({model.architecture.name}): put "
                                "it in models/GFPGAN or models/Codeformer and use it under Restore faces")
