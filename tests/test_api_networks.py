@@ -66,7 +66,7 @@ def test_listing_and_maintenance_routes_answer_in_a1111_shapes(app_context, clie
     assert [u["name"] for u in client.get(f"{API}/upscalers").json()][0] == "None"
     assert [m["name"] for m in client.get(f"{API}/latent-upscale-modes").json()] == [
         "Latent", "Latent (nearest)", "Latent (bicubic)"]
-    assert client.get(f"{API}/face-restorers").json() == []
+    assert {r["name"] for r in client.get(f"{API}/face-restorers").json()} == {"CodeFormer", "GFPGAN"}
     assert client.get(f"{API}/scripts").json() == {"txt2img": ["controlnet"], "img2img": ["sd upscale", "controlnet"]}
     memory = client.get(f"{API}/memory").json()
     assert memory["ram"]["total"] > memory["ram"]["free"] > 0
