@@ -152,7 +152,8 @@ def test_api_extra_batch_images_and_scale_to(client):
 
 def test_api_errors_name_the_problem(client):
     tiny = b64_png(Image.new("RGB", (1, 1), (9, 9, 9)))
-    assert client.post(f"{API}/extra-single-image", json={"image": tiny, "upscaler_1": "x4-compact"}).json()
+    one_pixel = client.post(f"{API}/extra-single-image", json={"image": tiny, "upscaler_1": "x4-compact"})
+    assert one_pixel.status_code == 200 and decode(one_pixel.json()["image"]).size == (2, 2)  # a 1x1 picture works
     bad = client.post(f"{API}/extra-single-image", json={"image": tiny, "upscaler_1": "nope"})
     assert bad.status_code == 422 and "nope" in bad.json()["detail"]
     empty = client.post(f"{API}/extra-single-image", json={"image": "", "upscaler_1": "Lanczos"})
