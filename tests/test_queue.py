@@ -73,7 +73,7 @@ def test_owners_are_served_in_turn_and_positions_say_so():
     positions = {name: line.jobs[name].queue_position for name in ("a2", "a3", "b1")}
     assert positions == {"b1": 1, "a2": 2, "a3": 3}, positions
     for name in ("a1", "b1", "a2", "a3"):
-        until(lambda: line.ran[-1] == name)
+        until(lambda: line.ran[-1:] == [name])
         assert line.jobs[name].queue_position is None  # running
         line.finish(name)
     assert line.ran == ["a1", "b1", "a2", "a3"]
@@ -87,7 +87,7 @@ def test_one_owner_alone_keeps_its_own_order():
         line.submit(name, "carol")
     assert [line.jobs[n].queue_position for n in ("j2", "j3")] == [1, 2]
     for name in ("j1", "j2", "j3"):
-        until(lambda: line.ran[-1] == name)
+        until(lambda: line.ran[-1:] == [name])
         line.finish(name)
     assert line.ran == ["j1", "j2", "j3"]
 
@@ -103,7 +103,7 @@ def test_a_job_interrupted_while_waiting_never_runs_and_others_move_up():
     assert line.outcomes["b1"] == "interrupted while queued"
     assert line.jobs["c1"].queue_position == 1 and line.queue.waiting() == 1
     line.finish("a1")
-    until(lambda: line.ran[-1] == "c1")
+    until(lambda: line.ran[-1:] == ["c1"])
     line.finish("c1")
     assert line.ran == ["a1", "c1"]
 
@@ -114,7 +114,7 @@ def test_a_failing_job_fails_alone_and_the_next_one_runs():
     line.submit("good", "bob")
     line.finish("bad")
     assert line.outcomes["bad"] == "failed: out of memory"
-    until(lambda: line.ran[-1] == "good")
+    until(lambda: line.ran[-1:] == ["good"])
     line.finish("good")
     assert line.outcomes["good"] == "done" and not line.queue.busy()
 
@@ -150,7 +150,7 @@ def test_work_ahead_of_the_line_runs_between_jobs_on_the_device_thread():
     loader.join(5)
     owned, ran_before, thread = done[0]
     assert owned and ran_before == ["a1"] and thread in line.threads_used  # after a1, before b1
-    until(lambda: line.ran[-1] == "b1")
+    until(lambda: line.ran[-1:] == ["b1"])
     line.finish("b1")
     assert line.queue.on_device_now(lambda: 42) == 42
 
