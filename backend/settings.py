@@ -99,6 +99,12 @@ class Options(BaseModel):
     ESRGAN_tile_overlap: int = Field(
         8, ge=0, le=256, description="Pixels by which upscaler tiles overlap; blended so no seam shows.",
     )
+    face_restoration: bool = Field(
+        False, description="Restore faces in API requests that do not say (restore_faces: null), as A1111.",
+    )
+    tiling: bool = Field(
+        False, description="Make tileable pictures in API requests that do not say (tiling: null), as A1111.",
+    )
     face_restoration_model: Literal["CodeFormer", "GFPGAN"] = Field(
         "CodeFormer", description="Model used by \"Restore faces\" on txt2img and img2img.",
     )

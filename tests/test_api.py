@@ -136,9 +136,23 @@ def test_harmless_fields_are_ignored():
     assert req.steps == 50
 
 
+def test_tiling_and_the_extra_seed_fields_reach_the_request():
+    req = to_request(tiling=True, subseed=5, subseed_strength=0.3, seed_resize_from_w=512, seed_resize_from_h=256)
+    assert (req.tiling, req.subseed, req.subseed_strength) == (True, 5, 0.3)
+    assert (req.seed_resize_from_w, req.seed_resize_from_h) == (512, 256)
+    off = to_request(seed_resize_from_w=-1, seed_resize_from_h=-1)  # A1111's "off"
+    assert (off.seed_resize_from_w, off.seed_resize_from_h, off.tiling, off.restore_faces) == (0, 0, False, False)
+    # null = the setting, as A1111; an explicit value beats override_settings
+    assert to_request(Options(tiling=True, face_restoration=True)).tiling is True
+    assert to_request(Options(face_restoration=True)).restore_faces is True
+    assert to_request(override_settings={"tiling": True}).tiling is True
+    assert to_request(tiling=False, override_settings={"tiling": True}).tiling is False
+    faces = to_request(override_settings={"face_restoration_model": "GFPGAN", "code_former_weight": 0.8})
+    assert (faces.face_restoration_model, faces.code_former_weight) == ("GFPGAN", 0.8)
+
+
 @pytest.mark.parametrize("field, value", [
-    ("tiling", True), ("subseed_strength", 0.5),
-    ("seed_resize_from_h", 256), ("s_churn", 0.5), ("s_noise", 1.003), ("s_tmin", 0.1),
+    ("s_churn", 0.5), ("s_noise", 1.003), ("s_tmin", 0.1),
     ("refiner_checkpoint", "refiner.safetensors"), ("firstpass_image", "aGk="),
     ("script_name", "x/y/z plot"),
 ])

@@ -77,7 +77,7 @@ def test_restore_faces_in_txt2img_goes_into_the_infotext(studio):
 def test_restore_faces_applies_to_a_face(studio):
     studio.options.update(face_restoration_model="GFPGAN")  # the setting decides; GFPGAN is the quicker here
     extras = studio.service.extras
-    assert extras.face_restorer == "GFPGAN"
+    assert extras.face_restorer() == "GFPGAN"
     picture = face_picture()
     assert np.abs(px(extras.restore_faces(picture)) - px(picture)).max() > 10
     assert np.array_equal(px(extras.restore_faces(flat_picture())), px(flat_picture()))

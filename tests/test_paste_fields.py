@@ -106,3 +106,20 @@ def test_controlnet_units_paste_into_the_unit_tabs_and_others_switch_off():
                       "start": 0.25, "end": 0.75, "control_mode": "ControlNet is more important",
                       "resize_mode": "Resize and Fill", "pixel_perfect": True, "processor_res": 384,
                       "threshold_a": 90.0, "threshold_b": 180.0, "hr_option": "Low res only"}
+
+
+def test_variation_seed_resize_and_tiling_are_pasted_and_cleared():
+    from types import SimpleNamespace
+
+    with gr.Blocks():
+        seeds = SimpleNamespace(extra=gr.Checkbox(), subseed=gr.Number(), subseed_strength=gr.Slider(),
+                                resize_w=gr.Slider(), resize_h=gr.Slider())
+        tiling = gr.Checkbox()
+    target = pf.seed_extra_readers(seeds) + pf.tiling_reader(tiling)
+    names = ["extra", "subseed", "strength", "resize_w", "resize_h", "tiling"]
+    text = ("a cat\nSteps: 20, Sampler: Euler, Seed: 1, Size: 512x512, Variation seed: 5, "
+            "Variation seed strength: 0.3, Seed resize from: 640x384, Tiling: True, Version: x")
+    assert named(names, pf.paste_values(text, target)) == {"extra": True, "subseed": 5, "strength": 0.3,
+                                                           "resize_w": 640, "resize_h": 384, "tiling": True}
+    plain = named(names, pf.paste_values("a cat\nSteps: 20, Seed: 1, Size: 512x512", target))
+    assert plain == {"subseed": -1, "strength": 0.0, "resize_w": 0, "resize_h": 0, "tiling": False}  # Extra kept

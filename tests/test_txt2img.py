@@ -388,7 +388,9 @@ def test_service_generates_saves_and_reports(service, tmp_path):
     info = result.info
     assert info["prompt"] == "a cat" and info["all_prompts"] == ["a cat shiny"] * 2
     assert info["all_negative_prompts"] == ["ugly, dull"] * 2
-    assert (info["seed"], info["all_seeds"], info["subseed"]) == (11, [11, 12], -1)
+    assert (info["seed"], info["all_seeds"]) == (11, [11, 12])
+    # As A1111: an unset variation seed (-1) is drawn at random even at strength 0; image k has subseed + k.
+    assert info["all_subseeds"] == [info["subseed"], info["subseed"] + 1] and info["subseed"] >= 0
     assert (info["width"], info["height"], info["steps"], info["batch_size"]) == (64, 64, 2, 2)
     assert info["sd_model_name"] == "tiny" and info["sd_model_hash"] == "0000000000"
     assert info["infotexts"] == result.infotexts and info["styles"] == ["shiny"]

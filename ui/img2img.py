@@ -31,6 +31,8 @@ from ui.widgets import (
     build_results,
     build_sampler_row,
     build_seed_row,
+    build_tiling,
+    SeedWidgets,
     stream_job,
     wire_job_buttons,
 )
@@ -71,6 +73,8 @@ class Img2ImgTab:
     restore_faces: gr.Checkbox
     segment: SegmentPanel
     control: ControlWidgets
+    seeds: SeedWidgets
+    tiling: gr.Checkbox
 
 
 def _editor(elem_id: str, label: str, brush: gr.Brush) -> gr.ImageEditor:
@@ -135,7 +139,9 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                     padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
                                         elem_id="img2img_inpaint_full_res_padding")
             sampler, schedule, steps = build_sampler_row(ctx, "img2img")
-            restore_faces = build_restore_faces("img2img")
+            with gr.Row():
+                restore_faces = build_restore_faces("img2img")
+                tiling = build_tiling("img2img")
             resize_by_tab = gr.State("to")
             with gr.Tabs(elem_id="img2img_tabs_resize"):
                 with gr.Tab("Resize to", elem_id="img2img_tab_resize_to") as tab_resize_to:
@@ -152,7 +158,7 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
             denoise = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
                                 elem_id="img2img_denoising_strength")
             last_seed = gr.State(-1)
-            seed = build_seed_row("img2img", last_seed)
+            seeds = build_seed_row("img2img", last_seed)
             clip_skip = build_clip_skip(ctx, "img2img")
             control = build_control_accordions(ctx, "img2img", checkpoint, width, height)
             sd_upscale = build_sd_upscale(ctx)
@@ -169,27 +175,28 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
     inputs = [mode, checkpoint, row.prompt, row.negative, row.styles, init_image, sketch, inpaint, upload_image,
               upload_mask, outpaint_image, pad_left, pad_right, pad_up, pad_down, batch_input, batch_output,
               batch_masks, resize_mode, resize_by_tab, scale_by, mask_blur, mask_mode, masked_content,
-              inpaint_area, padding, sampler, schedule, steps, cfg, denoise, width, height, seed, batch_count,
-              batch_size, clip_skip, restore_faces, *sd_upscale, *control.inputs]
+              inpaint_area, padding, sampler, schedule, steps, cfg, denoise, width, height, *seeds.inputs,
+              batch_count, batch_size, clip_skip, restore_faces, tiling, *sd_upscale, *control.inputs]
 
     # `request` first: Gradio fills a gr.Request only among the leading positional parameters.
     def run(request: gr.Request, mode_name, checkpoint_title, prompt_text, negative_text, style_names, image, sketch_value,
             inpaint_value, up_image, up_mask, out_image, left, right, up, down, in_dir, out_dir, mask_dir,
             resize, resize_tab, factor, blur, mask_mode_name, content, area, pad, sampler_name, schedule_type,
-            n_steps, cfg_scale, strength, w, h, seed_value, n_iter, n_batch, skip_layers, restore, sdu_on, sdu_name,
-            sdu_scale, sdu_overlap, *control_values):
+            n_steps, cfg_scale, strength, w, h, seed_value, subseed, subseed_strength, resize_w, resize_h, n_iter,
+            n_batch, skip_layers, restore, tile, sdu_on, sdu_name, sdu_scale, sdu_overlap, *control_values):
         skipped: list[tuple[str, str]] = []
         try:
             fields = dict(
                 prompt=prompt_text or "", negative_prompt=negative_text or "", styles=style_names or [],
                 sampler_name=sampler_name, scheduler=schedule_type, steps=int(n_steps), cfg_scale=float(cfg_scale),
-                seed=int(seed_value if seed_value is not None else -1), n_iter=int(n_iter),
+                **SeedWidgets.request_fields(seed_value, subseed, subseed_strength, resize_w, resize_h),
+                n_iter=int(n_iter),
                 batch_size=int(n_batch), clip_skip=int(skip_layers), checkpoint=checkpoint_title or None,
                 denoising_strength=float(strength), resize_mode=resize, mask_blur=int(blur),
                 inpainting_fill=content, inpaint_full_res=area == "Only masked",
                 inpaint_full_res_padding=int(pad), inpainting_mask_invert=mask_mode_name == "Inpaint not masked",
                 width=int(w), height=int(h), controlnet_units=control.units_from(list(control_values)),
-                restore_faces=bool(restore),
+                restore_faces=bool(restore), tiling=bool(tile),
                 sd_upscale={"enabled": bool(sdu_on), "upscaler": sdu_name or "None", "scale_factor": float(sdu_scale),
                             "overlap": int(sdu_overlap)})
             if mode_name == "batch":
@@ -222,9 +229,9 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
         row=row, results=results, mode_tabs=mode_tabs, mode=mode, init_image=init_image, sketch=sketch,
         inpaint=inpaint, upload_image=upload_image, upload_mask=upload_mask, outpaint_image=outpaint_image,
         sampler=sampler, schedule=schedule, steps=steps, cfg=cfg, denoise=denoise, width=width, height=height,
-        seed=seed, batch_count=batch_count, batch_size=batch_size, clip_skip=clip_skip, resize_mode=resize_mode,
+        seed=seeds.seed, batch_count=batch_count, batch_size=batch_size, clip_skip=clip_skip, resize_mode=resize_mode,
         mask_blur=mask_blur, mask_mode=mask_mode, masked_content=masked_content, inpaint_area=inpaint_area,
-        padding=padding, restore_faces=restore_faces, segment=segment, control=control)
+        padding=padding, restore_faces=restore_faces, segment=segment, control=control, seeds=seeds, tiling=tiling)
 
 
 def build_sd_upscale(ctx: AppContext) -> list:

@@ -84,6 +84,21 @@ def common_readers(prompt, negative, sampler, schedule, steps, cfg, seed, width,
     ]
 
 
+def seed_extra_readers(seed_widgets) -> PasteTarget:
+    """A1111's Variation seed / strength / Seed resize from; absent = off, and "Extra" opens when present."""
+    return [
+        (seed_widgets.extra, lambda params: any(k in params for k in ("Variation seed", "Seed resize from-1")) or SKIP),
+        (seed_widgets.subseed, _number("Variation seed", int, -1)),
+        (seed_widgets.subseed_strength, _number("Variation seed strength", float, 0.0)),
+        (seed_widgets.resize_w, _number("Seed resize from-1", int, 0)),
+        (seed_widgets.resize_h, _number("Seed resize from-2", int, 0)),
+    ]
+
+
+def tiling_reader(checkbox) -> PasteTarget:
+    return [(checkbox, lambda params: params.get("Tiling") == "True")]
+
+
 def restore_faces_reader(checkbox) -> PasteTarget:
     """A1111 writes "Face restoration: CodeFormer" only when the box was ticked."""
     return [(checkbox, lambda params: "Face restoration" in params)]

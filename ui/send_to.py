@@ -26,7 +26,8 @@ def txt2img_target(tab: Txt2ImgTab) -> pf.PasteTarget:
                               tab.seed, tab.width, tab.height, tab.clip_skip)
             + pf.hires_readers(hires.enabled, hires.upscaler, hires.steps, hires.denoise, hires.scale,
                                hires.resize_x, hires.resize_y)
-            + pf.restore_faces_reader(tab.restore_faces) + pf.control_readers(tab.control.units))
+            + pf.restore_faces_reader(tab.restore_faces) + pf.tiling_reader(tab.tiling)
+            + pf.seed_extra_readers(tab.seeds) + pf.control_readers(tab.control.units))
 
 
 def img2img_target(tab: Img2ImgTab) -> pf.PasteTarget:
@@ -34,7 +35,8 @@ def img2img_target(tab: Img2ImgTab) -> pf.PasteTarget:
                               tab.seed, tab.width, tab.height, tab.clip_skip)
             + pf.img2img_readers(tab.denoise, tab.resize_mode, tab.mask_blur, tab.mask_mode, tab.masked_content,
                                  tab.inpaint_area, tab.padding)
-            + pf.restore_faces_reader(tab.restore_faces) + pf.control_readers(tab.control.units))
+            + pf.restore_faces_reader(tab.restore_faces) + pf.tiling_reader(tab.tiling)
+            + pf.seed_extra_readers(tab.seeds) + pf.control_readers(tab.control.units))
 
 
 def _gallery_pick(gallery, selected, infotexts) -> tuple[Image.Image, str]:

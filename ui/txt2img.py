@@ -25,6 +25,8 @@ from ui.widgets import (
     build_results,
     build_sampler_row,
     build_seed_row,
+    build_tiling,
+    SeedWidgets,
     stream_job,
     wire_job_buttons,
 )
@@ -64,6 +66,8 @@ class Txt2ImgTab:
     hires: HiresWidgets
     restore_faces: gr.Checkbox
     control: ControlWidgets
+    seeds: SeedWidgets
+    tiling: gr.Checkbox
 
     @property
     def generate(self) -> gr.Button:
@@ -80,7 +84,9 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
     with gr.Row():
         with gr.Column(scale=1, elem_id="txt2img_settings"):
             sampler, schedule, steps = build_sampler_row(ctx, "txt2img")
-            restore_faces = build_restore_faces("txt2img")
+            with gr.Row():
+                restore_faces = build_restore_faces("txt2img")
+                tiling = build_tiling("txt2img")
             with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
                 hr_enabled = gr.Checkbox(label="Enable", value=False, elem_id="txt2img_enable_hr")
                 with gr.Row():
@@ -105,7 +111,7 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                     batch_count, batch_size = build_batch_sliders("txt2img")
             cfg = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
             last_seed = gr.State(-1)
-            seed = build_seed_row("txt2img", last_seed)
+            seeds = build_seed_row("txt2img", last_seed)
             clip_skip = build_clip_skip(ctx, "txt2img")
             control = build_control_accordions(ctx, "txt2img", checkpoint, width, height)
 
@@ -114,21 +120,22 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
 
     hires = HiresWidgets(enabled=hr_enabled, upscaler=hr_upscaler, steps=hr_steps, denoise=hr_denoise,
                          scale=hr_scale, resize_x=hr_resize_x, resize_y=hr_resize_y)
-    inputs = [checkpoint, row.prompt, row.negative, row.styles, sampler, schedule, steps, cfg, width, height, seed,
-              batch_count, batch_size, clip_skip, hr_enabled, hr_upscaler, hr_scale, hr_resize_x, hr_resize_y,
-              hr_steps, hr_denoise, restore_faces, *control.inputs]
+    inputs = [checkpoint, row.prompt, row.negative, row.styles, sampler, schedule, steps, cfg, width, height,
+              *seeds.inputs, batch_count, batch_size, clip_skip, hr_enabled, hr_upscaler, hr_scale, hr_resize_x,
+              hr_resize_y, hr_steps, hr_denoise, restore_faces, tiling, *control.inputs]
 
     # `request` first: Gradio fills a gr.Request only among the leading positional parameters.
     def run(request: gr.Request, checkpoint_title, prompt_text, negative_text, style_names, sampler_name, schedule_type, n_steps,
-            cfg_scale, w, h, seed_value, n_iter, n_batch, skip_layers, hr_on, hr_up, hr_by, hr_x, hr_y, hr_n,
-            hr_strength, restore, *control_values):
+            cfg_scale, w, h, seed_value, subseed, subseed_strength, resize_w, resize_h, n_iter, n_batch,
+            skip_layers, hr_on, hr_up, hr_by, hr_x, hr_y, hr_n, hr_strength, restore, tile, *control_values):
         try:
             req = Txt2ImgRequest(
                 prompt=prompt_text or "", negative_prompt=negative_text or "", styles=style_names or [],
                 sampler_name=sampler_name, scheduler=schedule_type, steps=int(n_steps), cfg_scale=float(cfg_scale),
-                width=int(w), height=int(h), seed=int(seed_value if seed_value is not None else -1),
+                width=int(w), height=int(h),
+                **SeedWidgets.request_fields(seed_value, subseed, subseed_strength, resize_w, resize_h),
                 n_iter=int(n_iter), batch_size=int(n_batch), clip_skip=int(skip_layers),
-                checkpoint=checkpoint_title or None, restore_faces=bool(restore),
+                checkpoint=checkpoint_title or None, restore_faces=bool(restore), tiling=bool(tile),
                 hires={"enabled": bool(hr_on), "upscaler": hr_up, "upscale_by": float(hr_by),
                        "resize_x": int(hr_x), "resize_y": int(hr_y), "steps": int(hr_n),
                        "denoising_strength": float(hr_strength)},
@@ -141,5 +148,6 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
     row.prompt.submit(run, inputs=inputs, outputs=results.outputs, concurrency_limit=None)
     wire_job_buttons(row, jobs)
     return Txt2ImgTab(row=row, results=results, sampler=sampler, schedule=schedule, steps=steps, cfg=cfg,
-                      width=width, height=height, seed=seed, batch_count=batch_count, batch_size=batch_size,
-                      clip_skip=clip_skip, hires=hires, restore_faces=restore_faces, control=control)
+                      width=width, height=height, seed=seeds.seed, batch_count=batch_count, batch_size=batch_size,
+                      clip_skip=clip_skip, hires=hires, restore_faces=restore_faces, control=control, seeds=seeds,
+                      tiling=tiling)

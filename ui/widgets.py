@@ -101,14 +101,60 @@ def build_batch_sliders(tab: str) -> tuple[gr.Slider, gr.Slider]:
     return batch_count, batch_size
 
 
-def build_seed_row(tab: str, last_seed: gr.State) -> gr.Number:
+@dataclass
+class SeedWidgets:
+    """The seed row and A1111's "Extra" seed options under it."""
+
+    seed: gr.Number
+    extra: gr.Checkbox
+    subseed: gr.Number
+    subseed_strength: gr.Slider
+    resize_w: gr.Slider
+    resize_h: gr.Slider
+
+    @property
+    def inputs(self) -> list:
+        return [self.seed, self.subseed, self.subseed_strength, self.resize_w, self.resize_h]
+
+    @staticmethod
+    def request_fields(seed, subseed, strength, resize_w, resize_h) -> dict:
+        return {"seed": int(seed if seed is not None else -1), "subseed": int(subseed if subseed is not None else -1),
+                "subseed_strength": float(strength or 0), "seed_resize_from_w": int(resize_w or 0),
+                "seed_resize_from_h": int(resize_h or 0)}
+
+
+def last_used(state, key: str) -> int:
+    """The seed or variation seed of the last result, for ♻️ (-1 before any)."""
+    return int(state.get(key, -1)) if isinstance(state, dict) else int(state if key == "seed" else -1)
+
+
+def build_seed_row(tab: str, last_seed: gr.State) -> SeedWidgets:
     with gr.Row():
         seed = gr.Number(label="Seed", value=-1, precision=0, elem_id=f"{tab}_seed", scale=4)
         random_seed = gr.Button("\U0001f3b2", elem_id=f"{tab}_random_seed", size="sm", min_width=40, scale=0)
         reuse_seed = gr.Button("\u267b\ufe0f", elem_id=f"{tab}_reuse_seed", size="sm", min_width=40, scale=0)
+        extra = gr.Checkbox(label="Extra", value=False, elem_id=f"{tab}_subseed_show", scale=0, min_width=80)
+    with gr.Group(visible=False, elem_id=f"{tab}_seed_extras") as extras:
+        with gr.Row():
+            subseed = gr.Number(label="Variation seed", value=-1, precision=0, elem_id=f"{tab}_subseed", scale=4)
+            random_subseed = gr.Button("\U0001f3b2", elem_id=f"{tab}_random_subseed", size="sm", min_width=40,
+                                       scale=0)
+            reuse_subseed = gr.Button("\u267b\ufe0f", elem_id=f"{tab}_reuse_subseed", size="sm", min_width=40,
+                                      scale=0)
+            strength = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
+                                 elem_id=f"{tab}_subseed_strength", scale=4)
+        with gr.Row():
+            resize_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                 elem_id=f"{tab}_seed_resize_from_w")
+            resize_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                 elem_id=f"{tab}_seed_resize_from_h")
     random_seed.click(lambda: -1, outputs=seed, queue=False)
-    reuse_seed.click(lambda s: s, inputs=last_seed, outputs=seed, queue=False)
-    return seed
+    reuse_seed.click(lambda s: last_used(s, "seed"), inputs=last_seed, outputs=seed, queue=False)
+    random_subseed.click(lambda: -1, outputs=subseed, queue=False)
+    reuse_subseed.click(lambda s: last_used(s, "subseed"), inputs=last_seed, outputs=subseed, queue=False)
+    extra.change(lambda shown: gr.update(visible=bool(shown)), inputs=extra, outputs=extras, queue=False)
+    return SeedWidgets(seed=seed, extra=extra, subseed=subseed, subseed_strength=strength, resize_w=resize_w,
+                       resize_h=resize_h)
 
 
 def build_clip_skip(ctx: AppContext, tab: str) -> gr.Slider:
@@ -119,6 +165,11 @@ def build_clip_skip(ctx: AppContext, tab: str) -> gr.Slider:
 def build_restore_faces(tab: str) -> gr.Checkbox:
     # The model is the face_restoration_model setting, read when the job runs.
     return gr.Checkbox(label="Restore faces", value=False, elem_id=f"{tab}_restore_faces")
+
+
+def build_tiling(tab: str) -> gr.Checkbox:
+    return gr.Checkbox(label="Tiling", value=False, elem_id=f"{tab}_tiling",
+                       info="a picture that tiles seamlessly left-right and top-bottom")
 
 
 def build_results(tab: str, last_seed: gr.State) -> ResultWidgets:
@@ -190,8 +241,10 @@ def stream_job(ctx: AppContext, jobs: SessionJobs, session: str, name: str,
     captions = [(str(p) if p else img, text.split("\n")[0][:80]) for img, p, text in
                 zip(result.images, result.paths or [None] * len(result.images), result.infotexts)]
     captions += [(m, "ControlNet map") for m in getattr(result, "control_maps", [])]
-    yield (captions, "", None, info_html(result.infotexts, result.interrupted, result.warnings),
-           result.seeds[0] if result.seeds else -1, list(result.infotexts))
+    subseeds = getattr(result, "info", {}).get("all_subseeds") or [-1]
+    last = {"seed": result.seeds[0] if result.seeds else -1, "subseed": subseeds[0]}  # for the ♻️ buttons
+    yield (captions, "", None, info_html(result.infotexts, result.interrupted, result.warnings), last,
+           list(result.infotexts))
 
 
 def info_html(infotexts: list[str], interrupted: bool, warnings: list[str] = ()) -> str:

@@ -96,10 +96,6 @@ def _is(*neutral: Any) -> Callable[[Any], bool]:
 
 # field -> (value is harmless?, why we refuse other values)
 _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "subseed_strength": (_is(0), "variation seeds are not supported"),
-    "seed_resize_from_h": (lambda v: v <= 0, "resizing the seed from another size is not supported"),
-    "seed_resize_from_w": (lambda v: v <= 0, "resizing the seed from another size is not supported"),
-    "tiling": (_is(None, False), "tiling is not supported"),
     "s_min_uncond": (_is(None, 0), "s_min_uncond is not supported"),
     "s_churn": (_is(None, 0), "s_churn is not supported"),
     "s_tmin": (_is(None, 0), "s_tmin is not supported"),
@@ -154,7 +150,9 @@ def _refusals(req: ApiProcessing, sampler: str, scheduler: str) -> list[tuple[st
 
 
 # override_settings key -> Txt2ImgRequest field
-_OVERRIDABLE = {"sd_model_checkpoint": "checkpoint", "CLIP_stop_at_last_layers": "clip_skip", "sd_vae": "vae"}
+_OVERRIDABLE = {"sd_model_checkpoint": "checkpoint", "CLIP_stop_at_last_layers": "clip_skip", "sd_vae": "vae",
+                "face_restoration_model": "face_restoration_model", "code_former_weight": "code_former_weight",
+                "face_restoration": "restore_faces", "tiling": "tiling"}
 
 
 def _overrides(overrides: dict[str, Any], options: Options) -> tuple[dict[str, Any], list[tuple[str, str]]]:
@@ -220,6 +218,8 @@ def apply_infotext(req: ApiProcessing) -> ApiProcessing:
         values["enable_hr"] = True
     if "Face restoration" in params and "restore_faces" in fields:
         values["restore_faces"] = True
+    if "Tiling" in params:
+        values["tiling"] = params["Tiling"] in (True, "True", "true")
     if isinstance(req, ApiImg2Img):
         for key, (field, read) in _INFOTEXT_IMG2IMG.items():
             if key in params:
@@ -290,9 +290,19 @@ def _shared_fields(req: ApiProcessing, options: Options) -> dict[str, Any]:
         sampler_name=sampler, scheduler=scheduler, steps=req.steps, cfg_scale=req.cfg_scale,
         width=req.width, height=req.height, seed=req.seed, batch_size=req.batch_size,
         n_iter=req.n_iter, clip_skip=options.CLIP_stop_at_last_layers,
-        save_images=req.save_images, controlnet_units=units, restore_faces=bool(req.restore_faces),
+        save_images=req.save_images, controlnet_units=units,
+        # None = the setting, as A1111 (its UI keeps both as settings since 1.6)
+        restore_faces=options.face_restoration if req.restore_faces is None else req.restore_faces,
+        tiling=options.tiling if req.tiling is None else req.tiling,
+        subseed=req.subseed, subseed_strength=req.subseed_strength,
+        # A1111 sends -1 or 0 for "off"; the noise is drawn at that size only when both are set
+        seed_resize_from_w=max(req.seed_resize_from_w, 0), seed_resize_from_h=max(req.seed_resize_from_h, 0),
     )
     fields.update(overridden)
+    # The settings stand in for restore_faces / tiling only when the request leaves them out (null).
+    for field in ("restore_faces", "tiling"):
+        if getattr(req, field) is not None:
+            fields[field] = getattr(req, field)
     return fields
 
 

@@ -30,6 +30,7 @@ from backend.generation.sampling import (
 )
 from backend.generation.sd_upscale import run_sd_upscale
 from backend.generation.vae_codec import encode_pixels, images_to_pixels
+from backend.generation.variation import NoiseVariation
 from backend.images import masking
 from backend.images.loading import to_mask
 from backend.images.resize import LATENT_RESIZE, resize_image
@@ -194,24 +195,34 @@ class _Img2ImgRun(SamplingRun):
         return F.interpolate(mask, size=tuple(shape)).round()
 
     # --- one batch ---
-    def batch(self, seeds: list[int], job_no: int) -> list[Image.Image]:
+    def batch(self, seeds: list[int], job_no: int, variation: NoiseVariation) -> list[Image.Image]:
         req = self.request
         indices = [k % len(self.inputs) for k in range(len(seeds))]
         if self.sampling_steps() < 1:  # strength 0 (or too low for one step): nothing to denoise
             return [self.inputs[i].original.copy() for i in indices]
+        # Below strength 1 the pipeline noises the start latents through its scheduler's add_noise, which
+        # the variation then varies; at strength 1 the start is pure noise, given here already varied.
+        full = req.denoising_strength >= 1.0
         pipe = self.pipeline(inpaint_class(self.loaded.pipe), len(seeds),
-                             control_sources=[self._control_sources[i] for i in indices])
+                             control_sources=[self._control_sources[i] for i in indices],
+                             variation=None if full else variation)
         latents = self.start_latents(pipe, seeds, indices).to(pipe.unet.dtype)
         if self.inpainting_model:
             masked = torch.cat([self.masked_image_latents(pipe, i) for i in indices]).to(pipe.unet.dtype)
         else:  # unused by a 4-channel UNet, but the pipeline expects latent-sized conditioning
             masked = torch.zeros_like(latents)
         width, height = self.work_size
+        generators = self.generators(seeds)
+        noise = {}
+        if full and variation.active:
+            noise["latents"] = variation.apply(torch.cat([
+                torch.randn((1, *latents.shape[1:]), generator=g, device=g.device, dtype=torch.float32)
+                for g in generators])).to(device=latents.device, dtype=latents.dtype)
         text = f"Batch {job_no + 1} of {req.n_iter}"
-        images, _ = self.sample(pipe, self.sampling_steps(), job_no, text, len(seeds), image=latents,
+        images, _ = self.sample(pipe, self.sampling_steps(), job_no, text, len(seeds), image=latents, **noise,
                                 mask_image=[self.inputs[i].mask for i in indices], masked_image_latents=masked,
                                 width=width, height=height, strength=req.denoising_strength,
-                                num_inference_steps=req.steps, generator=self.generators(seeds),
+                                num_inference_steps=req.steps, generator=generators,
                                 output_type="pil", schedule_steps=req.steps)
         return [finish_image(self.inputs[i], image) for i, image in zip(indices, images)]
 

@@ -80,10 +80,19 @@ class GenerationRequest(BaseModel):
     width: int = 512
     height: int = 512
     seed: int = Field(-1, ge=-1, le=2**32 - 1)  # -1 = random
+    # A1111's "Extra" seed options (backend/generation/variation.py); strength 0 and sizes 0 = off.
+    subseed: int = Field(-1, ge=-1, le=2**32 - 1)  # variation seed; -1 = random
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    seed_resize_from_w: int = Field(0, ge=0, le=MAX_SIZE)
+    seed_resize_from_h: int = Field(0, ge=0, le=MAX_SIZE)
+    tiling: bool = False  # a picture that tiles seamlessly (circular padding for this job: tiling.py)
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)  # images per sampling pass
     n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT)  # "Batch count": sampling passes
     clip_skip: int = Field(1, ge=1, le=12)
     restore_faces: bool = False  # the face_restoration_model setting, after each picture
+    # This request's choice instead of the settings (the API's override_settings); None = the setting.
+    face_restoration_model: Literal["CodeFormer", "GFPGAN"] | None = None
+    code_former_weight: float | None = Field(None, ge=0.0, le=1.0)
     # Title "name [hash]", file name, or name without extension; None = the selected one.
     checkpoint: str | None = None
     vae: str | None = None  # "Automatic", "None" or a file in models/VAE; None = the sd_vae setting

@@ -3,7 +3,8 @@
 Seeds: seed -1 picks one random 32-bit seed per request; image k of the whole
 request (over n_iter batches of batch_size) uses seed + k, and its noise comes
 from its own CPU generator seeded with seed + k, so a seed gives the same
-picture whatever the batch size or the image's place in the batch.
+picture whatever the batch size or the image's place in the batch. A variation
+seed (subseed + k) and the seed resize options vary that noise (variation.py).
 
 Every sampling pass runs on its own pipeline object (built from the loaded
 pipeline's components: the weights are shared, not copied) with its own new
@@ -34,6 +35,7 @@ from backend.generation.job import JobControl
 from backend.generation.preview import latents_to_preview
 from backend.generation.request import GenerationRequest
 from backend.generation.samplers import make_scheduler, scheduler_label
+from backend.generation.variation import NoiseVariation, resolve_subseed, with_variation
 from backend.images.infotext import format_infotext
 from backend.models.types import LoadedCheckpoint
 from backend.networks.embeddings import EmbeddingStore
@@ -50,6 +52,7 @@ VERSION = f"diffusers {diffusers.__version__}"
 class GenerationOutput:
     images: list[Image.Image] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)  # each image's variation seed (A1111's all_subseeds)
     infotexts: list[str] = field(default_factory=list)
     params: list[dict] = field(default_factory=list)  # ordered infotext parameters, per image
     interrupted: bool = False
@@ -151,7 +154,8 @@ class SamplingRun:
     def steps_per_batch(self) -> int:
         return self.request.steps
 
-    def batch(self, seeds: list[int], job_no: int) -> list[Image.Image]:
+    def batch(self, seeds: list[int], job_no: int, variation: NoiseVariation) -> list[Image.Image]:
+        """The batch's pictures; `variation` says how their noise departs from their seeds' own."""
         raise NotImplementedError
 
     def extra_params(self) -> dict[str, object]:
@@ -163,20 +167,26 @@ class SamplingRun:
 
     # --- building blocks ---
     def pipeline(self, pipeline_cls: type, images: int = 1, size: tuple[int, int] | None = None,
-                 control_sources: list[Image.Image | None] | None = None, stage: str = "single"):
+                 control_sources: list[Image.Image | None] | None = None, stage: str = "single",
+                 variation: NoiseVariation | None = None):
         """A fresh pipeline of `pipeline_cls` on the loaded weights, this run's VAE and a new scheduler.
 
         With ControlNet units its UNet is the loaded one wrapped for this pass:
         `images` in the batch, each conditioned on the map made from its unit's
         image or from `control_sources[k]` (img2img's picture), at `size`;
         `stage` says which pass of hires. fix this is ("first", "hires"), if any.
+        With an active `variation`, the noise the pipeline adds to its start
+        latents (img2img, the hires pass) is varied.
         """
         unet = None
         if self.control is not None:
             scale = self.loaded.pipe.vae_scale_factor
             unet = self.control.unet_for(self.loaded.pipe.unet, control_sources or [None], size or self.size(),
                                          images, scale, stage)
-        pipe = derive_pipeline(self.loaded.pipe, pipeline_cls, self.scheduler(), vae=self.vae, unet=unet)
+        scheduler = self.scheduler()
+        if variation is not None:
+            scheduler = with_variation(scheduler, variation)
+        pipe = derive_pipeline(self.loaded.pipe, pipeline_cls, scheduler, vae=self.vae, unet=unet)
         if self.control is not None:
             self.control.attach_ip_adapters(pipe, (control_sources or [None])[0])
         return pipe
@@ -187,6 +197,14 @@ class SamplingRun:
 
     def generators(self, seeds: list[int]) -> list[torch.Generator]:
         return [torch.Generator(self.generator_device).manual_seed(s) for s in seeds]
+
+    def noise_variation(self, seeds: list[int], subseeds: list[int]) -> NoiseVariation:
+        req = self.request
+        resize = (req.seed_resize_from_w, req.seed_resize_from_h) \
+            if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0 else None
+        return NoiseVariation(seeds=seeds, subseeds=subseeds, strength=req.subseed_strength, resize_from=resize,
+                              latent_scale=self.loaded.pipe.vae_scale_factor,
+                              generator_device=str(self.generator_device))
 
     def sample(self, pipe, steps: int, job_no: int, text: str, n: int, schedule_steps: int | None = None, **kwargs):
         """One pipeline call; returns (images or latents, stopped early).
@@ -212,7 +230,7 @@ class SamplingRun:
         return result.images, callback.stopped
 
     # --- infotext ---
-    def params(self, seed: int) -> dict[str, object]:
+    def params(self, seed: int, subseed: int) -> dict[str, object]:
         req, info = self.request, self.loaded.info
         width, height = self.size()
         params: dict[str, object] = {
@@ -221,17 +239,24 @@ class SamplingRun:
             "Schedule type": scheduler_label(req.sampler_name, req.scheduler),
             "CFG scale": req.cfg_scale,
             "Seed": seed,
-            "Face restoration": self.extras.face_restorer if req.restore_faces and self.extras else None,
+            "Face restoration": self.extras.face_restorer(req) if req.restore_faces and self.extras else None,
             "Size": f"{width}x{height}",
             "Model hash": info.shorthash,
             "Model": info.model_name,
             **self.vae_params,
         }
+        if req.subseed_strength > 0:
+            params["Variation seed"] = subseed
+            params["Variation seed strength"] = req.subseed_strength
+        if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
+            params["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
         extra = self.extra_params()
         if "Denoising strength" in extra:  # A1111's order: strength, then Clip skip, then the rest
             params["Denoising strength"] = extra.pop("Denoising strength")
         if req.clip_skip > 1:
             params["Clip skip"] = req.clip_skip
+        if req.tiling:
+            params["Tiling"] = True
         params.update(extra)
         params.update(self.network_params)
         if self.control is not None:
@@ -249,7 +274,7 @@ def check_can_sample(loaded: LoadedCheckpoint, request: GenerationRequest, task:
     if request.restore_faces:
         if extras is None:
             raise ValueError("face restoration is not available in this studio")
-        extras.check_face_restorer()
+        extras.check_face_restorer(request)
     if not isinstance(loaded.pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
         raise ValueError(f"{loaded.info.name} ({loaded.variant.label}) cannot do {task}")
     channels = loaded.pipe.unet.config.in_channels
@@ -267,21 +292,25 @@ def run_batches(run: SamplingRun, job: JobControl) -> GenerationOutput:
     """
     request = run.request
     seed = resolve_seed(request.seed)
+    subseed = resolve_subseed(request.subseed)
     out = GenerationOutput()
     job.begin(request.n_iter, request.n_iter * run.steps_per_batch())
     for job_no in range(request.n_iter):
         if job.interrupted:
             break
         job.take_skip()  # a skip pressed between batches belongs to none of them
-        seeds = [seed + job_no * request.batch_size + i for i in range(request.batch_size)]
-        images = run.batch(seeds, job_no)
+        first = job_no * request.batch_size
+        seeds = [seed + first + i for i in range(request.batch_size)]
+        subseeds = [subseed + first + i for i in range(request.batch_size)]  # as A1111: subseed + k
+        images = run.batch(seeds, job_no, run.noise_variation(seeds, subseeds))
         if request.restore_faces and run.extras is not None:
             job.text = f"Batch {job_no + 1} of {request.n_iter}, restoring faces"
-            images = [run.extras.restore_faces(image) for image in images]
-        for image, image_seed in zip(images, seeds):
-            params = run.params(image_seed)
+            images = [run.extras.restore_faces(image, request) for image in images]
+        for image, image_seed, image_subseed in zip(images, seeds, subseeds):
+            params = run.params(image_seed, image_subseed)
             out.images.append(image)
             out.seeds.append(image_seed)
+            out.subseeds.append(image_subseed)
             out.params.append(params)
             out.infotexts.append(format_infotext(run.prompt, run.negative_prompt, params))
         job.take_skip()

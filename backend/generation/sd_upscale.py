@@ -17,6 +17,7 @@ from PIL import Image
 from backend.generation.job import JobControl
 from backend.generation.request import Img2ImgRequest
 from backend.generation.sampling import GenerationOutput, resolve_seed
+from backend.generation.variation import resolve_subseed
 from backend.images.infotext import format_infotext
 
 
@@ -94,6 +95,7 @@ def run_sd_upscale(loaded, request: Img2ImgRequest, job: JobControl, *, run_tile
     grid = tile_grid(*size, request.width, request.height, spec.overlap)
     tiles = cut(upscaled, grid)
     seed = resolve_seed(request.seed)
+    subseed = resolve_subseed(request.subseed)
     out = GenerationOutput()
     for n in range(request.n_iter):
         done: list[Image.Image] = []
@@ -104,6 +106,7 @@ def run_sd_upscale(loaded, request: Img2ImgRequest, job: JobControl, *, run_tile
             batch = tiles[first:first + request.batch_size]
             tile_request = request.model_copy(update={
                 "init_images": batch, "batch_size": len(batch), "n_iter": 1, "seed": seed + n,
+                "subseed": subseed + n,
                 "sd_upscale": spec.model_copy(update={"enabled": False}), "restore_faces": False,
                 "save_images": False})
             result = run_tiles(tile_request, job)
@@ -114,10 +117,11 @@ def run_sd_upscale(loaded, request: Img2ImgRequest, job: JobControl, *, run_tile
             break
         picture = combine(done, grid)
         if request.restore_faces and extras is not None:
-            picture = extras.restore_faces(picture)
+            picture = extras.restore_faces(picture, request)
         out.params.append(_final_params(params, request, spec, seed + n, extras))
         out.images.append(picture)
         out.seeds.append(seed + n)
+        out.subseeds.append(subseed + n)
         out.infotexts.append(format_infotext(kwargs["prompt"], kwargs["negative_prompt"], out.params[-1]))
     out.interrupted = out.interrupted or job.interrupted
     return out
@@ -132,7 +136,7 @@ def _final_params(tile_params: dict, request: Img2ImgRequest, spec, seed: int, e
             continue
         params[key] = seed if key == "Seed" else value
         if key == "Seed" and request.restore_faces and extras is not None:
-            params["Face restoration"] = extras.face_restorer
+            params["Face restoration"] = extras.face_restorer(request)
     params["SD upscale overlap"] = spec.overlap
     params["SD upscale upscaler"] = spec.upscaler
     if "Version" in tile_params:

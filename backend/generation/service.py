@@ -21,6 +21,7 @@ from backend.generation.job import JobControl
 from backend.generation.queue import DeviceQueue, InterruptedWhileQueued
 from backend.generation.request import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from backend.generation.sampling import VERSION, GenerationOutput
+from backend.generation.tiling import seamless_tiling
 from backend.generation.txt2img import run_txt2img
 from backend.images.saving import FilenameTags, date_subdir, save_image
 from backend.models.errors import UnknownCheckpointError
@@ -36,7 +37,8 @@ class GenerationOutOfMemory(RuntimeError):
 
 # Infotext entries that A1111 keeps in `extra_generation_params` rather than as fields of its own.
 _BASE_PARAMS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Face restoration", "Size", "Model hash",
-                "Model", "VAE hash", "VAE", "Clip skip", "Version"}
+                "Model", "VAE hash", "VAE", "Variation seed", "Variation seed strength", "Seed resize from",
+                "Clip skip", "Tiling", "Version"}
 
 
 @dataclass
@@ -85,10 +87,12 @@ class GenerationService:
                 activation = self.networks.activate(loaded, prompt, negative, request.vae or options.sd_vae) \
                     if self.networks else Activation()
                 plan = self._control_plan(loaded, request)
+                tiled = (loaded.pipe.unet, loaded.pipe.vae, activation.vae)
                 try:
-                    output = runner(loaded, request, job, device_settings=self.device_settings,
-                                    prompt=prompt, negative_prompt=negative, control=plan, extras=self.extras,
-                                    **activation.runner_kwargs(self.networks.embeddings if self.networks else None))
+                    with seamless_tiling(tiled, enabled=request.tiling):  # this job only: undone on the way out
+                        output = runner(loaded, request, job, device_settings=self.device_settings,
+                                        prompt=prompt, negative_prompt=negative, control=plan, extras=self.extras,
+                                        **activation.runner_kwargs(self.networks.embeddings if self.networks else None))
                 finally:
                     if plan is not None:
                         plan.close()  # the UNet as before the job, whatever happened
@@ -174,9 +178,9 @@ class GenerationService:
             "all_negative_prompts": [negative] * count,
             "seed": output.seeds[0] if output.seeds else request.seed,
             "all_seeds": list(output.seeds),
-            "subseed": -1,
-            "all_subseeds": [-1] * count,
-            "subseed_strength": 0,
+            "subseed": output.subseeds[0] if output.subseeds else request.subseed,
+            "all_subseeds": list(output.subseeds),
+            "subseed_strength": request.subseed_strength,
             "width": request.width,
             "height": request.height,
             "sampler_name": request.sampler_name,
@@ -186,13 +190,13 @@ class GenerationService:
             "batch_size": request.batch_size,
             "n_iter": request.n_iter,
             "restore_faces": request.restore_faces,
-            "face_restoration_model": extras.face_restorer if request.restore_faces and extras else None,
+            "face_restoration_model": extras.face_restorer(request) if request.restore_faces and extras else None,
             "sd_model_name": loaded.info.model_name,
             "sd_model_hash": loaded.info.shorthash,
             "sd_vae_name": first.get("VAE"),
             "sd_vae_hash": first.get("VAE hash"),
-            "seed_resize_from_w": -1,
-            "seed_resize_from_h": -1,
+            "seed_resize_from_w": request.seed_resize_from_w or -1,
+            "seed_resize_from_h": request.seed_resize_from_h or -1,
             "denoising_strength": _denoising_strength(request),
             "extra_generation_params": extra,
             "index_of_first_image": 0,

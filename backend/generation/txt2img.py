@@ -21,6 +21,7 @@ from backend.generation.sampling import (
     run_batches,
 )
 from backend.generation.vae_codec import decode_latents
+from backend.generation.variation import NoiseVariation
 from backend.models.types import LoadedCheckpoint
 
 
@@ -53,13 +54,13 @@ class _Txt2ImgRun(SamplingRun):
         return torch.cat(noise).to(pipe.unet.dtype)
 
     # --- one batch ---
-    def batch(self, seeds: list[int], job_no: int) -> list[Image.Image]:
+    def batch(self, seeds: list[int], job_no: int, variation: NoiseVariation) -> list[Image.Image]:
         req = self.request
         base = self.loaded.pipe
         cls = inpaint_class(base) if self.inpainting_model else type(base)
         pipe = self.pipeline(cls, len(seeds), stage="first" if req.hires.enabled else "single")
         generators = self.generators(seeds)
-        latents = self.initial_noise(pipe, generators)
+        latents = variation.apply(self.initial_noise(pipe, generators))
         output_type = "latent" if req.hires.enabled else "pil"
         extra = full_mask_inputs(req.width, req.height, len(seeds)) | {"strength": 1.0} if self.inpainting_model else {}
         text = f"Batch {job_no + 1} of {req.n_iter}"
@@ -70,9 +71,10 @@ class _Txt2ImgRun(SamplingRun):
             return images
         if stopped:  # A1111 skips the hires pass of a stopped batch
             return decode_latents(pipe, images, upcast=self.family.is_sdxl)
-        return self.hires_pass(pipe, images, seeds, job_no)
+        return self.hires_pass(pipe, images, seeds, job_no, variation)
 
-    def hires_pass(self, pipe, latents: torch.Tensor, seeds: list[int], job_no: int) -> list[Image.Image]:
+    def hires_pass(self, pipe, latents: torch.Tensor, seeds: list[int], job_no: int,
+                   variation: NoiseVariation) -> list[Image.Image]:
         req, fix = self.request, self.request.hires
         size = fix.target_size(req.width, req.height)
         if hr.is_latent_upscaler(fix.upscaler):
@@ -88,7 +90,8 @@ class _Txt2ImgRun(SamplingRun):
                 image = decode_latents(pipe, image, upcast=self.family.is_sdxl)
             extra = {"mask_image": [Image.new("L", size, 255)] * len(seeds), "width": size[0], "height": size[1]}
         cls = inpaint_class(self.loaded.pipe) if self.inpainting_model else img2img_class(self.loaded.pipe)
-        img2img = self.pipeline(cls, len(seeds), size=size, stage="hires")  # units act again, maps at this size
+        # Units act again, maps at this size; the pass's noise is varied as A1111 varies it.
+        img2img = self.pipeline(cls, len(seeds), size=size, stage="hires", variation=variation)
         text = f"Batch {job_no + 1} of {req.n_iter}, hires fix"
         images, _ = self.sample(img2img, self.hires_steps, job_no, text, len(seeds), **extra, image=image,
                                 strength=fix.denoising_strength, num_inference_steps=fix.steps or req.steps,
