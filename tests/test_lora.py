@@ -190,7 +190,8 @@ def test_an_sdxl_lora_applies_to_both_sdxl_text_encoders(ctx, lora_dir):
     ("<lora:../../config:1>", "no LoRA named '../../config'"),
     ("<lora:broken:1>", "NaN or infinite"),
     ("<lora:notalora:1>", "is it a LoRA?"),
-    ("<hypernet:x:1>", "no extra network of kind 'hypernet'"),
+    ("<hypernet:x:1>", "hypernetworks are not supported"),
+    ("<embedding:x:1>", "no extra network of kind 'embedding'"),
 ])
 def test_bad_tags_and_files_say_why_and_the_picture_still_comes(ctx, pipe, lora_dir, tag, expected):
     save_file({"lora_unet_x.lora_down.weight": torch.full((2, 4), float("nan")),

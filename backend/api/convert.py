@@ -424,4 +424,5 @@ def result_info(result: Any) -> str:
     info.setdefault("all_seeds", seeds)
     info.setdefault("seed", seeds[0] if seeds else -1)
     info.setdefault("infotexts", list(result.infotexts))
+    info.setdefault("warnings", list(getattr(result, "warnings", [])))  # not A1111's; what the UI shows as ⚠
     return json.dumps(info, default=str, ensure_ascii=False)

@@ -72,6 +72,10 @@ class NetworkLibrary:
                 activation.warnings.append(f"ignored a tag: {exc}")
         wanted, key = [], []
         for tag in tags:
+            if tag.kind == "hypernet":  # listed by /sdapi/v1/hypernetworks, but not applied (yet)
+                activation.warnings.append(f"{tag.text}: hypernetworks are not supported; the picture was made "
+                                           "without it")
+                continue
             if tag.kind != "lora":
                 activation.warnings.append(f"{tag.text}: no extra network of kind {tag.kind!r}; ignored")
                 continue
