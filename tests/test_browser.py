@@ -246,3 +246,25 @@ def test_controlnet_canny_unit_preview_and_generate(running_studio):
     [saved] = sorted((data_dir / "outputs" / "txt2img-images").rglob("*.png"))
     assert "Processor Res: 64" in Image.open(saved).info["parameters"]
     assert np.asarray(Image.open(saved)).shape == (64, 64, 3)
+
+
+@NEEDS_CHROMIUM
+def test_extra_seed_options_and_tiling_from_the_page(running_studio):
+    from playwright.sync_api import expect
+
+    url, _ = running_studio
+    with _studio_page(url, "tiny-sd1.safetensors") as page:
+        expect(page.locator("#txt2img_subseed")).to_be_hidden()
+        page.locator("#txt2img_subseed_show input").check()
+        expect(page.locator("#txt2img_subseed")).to_be_visible()
+        page.locator("#txt2img_subseed_strength input[type=number]").fill("0.3")
+        page.locator("#txt2img_tiling input").check()
+        _fill_txt2img(page, "a red circle", seed=42, steps=2, size=64)  # variation seed -1: drawn at random
+        info = page.locator("#txt2img_info")
+        expect(info).to_contain_text("Variation seed strength: 0.3", timeout=120_000)
+        expect(info).to_contain_text("Tiling: True")
+        drawn = info.inner_text().split("Variation seed: ")[1].split(",")[0]
+        page.locator("#txt2img_reuse_subseed").click()  # ♻️ brings the drawn variation seed back
+        expect(page.locator("#txt2img_subseed input")).to_have_value(drawn)
+        page.locator("#txt2img_random_subseed").click()
+        expect(page.locator("#txt2img_subseed input")).to_have_value("-1")
