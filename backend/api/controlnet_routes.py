@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend.api import convert
 from backend.api.auth import Credentials, basic_auth_dependency
-from backend.api.routes import _ErrorMappingRoute
+from backend.api.routes import ErrorMappingRoute
 from backend.images.loading import ImageInputError, base64_payload, open_image
 
 API_VERSION = 2  # sd-webui-controlnet's external_code API version that these shapes follow
@@ -38,7 +38,7 @@ def _slider(slider) -> dict[str, Any] | None:
 
 
 def create_controlnet_router(ctx: Any, credentials: Credentials | None = None) -> APIRouter:
-    router = APIRouter(route_class=_ErrorMappingRoute,
+    router = APIRouter(route_class=ErrorMappingRoute,
                        dependencies=[Depends(basic_auth_dependency(credentials or []))])
     control = ctx.control
 

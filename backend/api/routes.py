@@ -82,12 +82,16 @@ def error_response(exc: Exception) -> JSONResponse:
     return _problems_response(500, [("", f"{type(exc).__name__}: {exc}")], type(exc).__name__)
 
 
-class _ErrorMappingRoute(APIRoute):
+class ErrorMappingRoute(APIRoute):
     """Turns exceptions from validation and handlers into A1111-style JSON errors.
 
     A router cannot register app-wide exception handlers, so the mapping lives in
-    the route class and works wherever the router is mounted.
+    the route class and works wherever the router is mounted. Other routers
+    (e.g. /sam) subclass it and override `error_answer`.
     """
+
+    def error_answer(self, exc: Exception) -> Response:
+        return error_response(exc)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -98,7 +102,7 @@ class _ErrorMappingRoute(APIRoute):
             except HTTPException:
                 raise
             except Exception as exc:  # noqa: BLE001 - every error becomes a JSON answer
-                return error_response(exc)
+                return self.error_answer(exc)
 
         return handle
 
@@ -135,7 +139,7 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
 
     With `credentials`, every route asks for HTTP Basic auth.
     """
-    router = APIRouter(route_class=_ErrorMappingRoute, dependencies=[Depends(basic_auth_dependency(credentials or []))])
+    router = APIRouter(route_class=ErrorMappingRoute, dependencies=[Depends(basic_auth_dependency(credentials or []))])
     jobs = ApiJobs()
 
     def run(http: Request, force_task_id: str | None, generate) -> Any:

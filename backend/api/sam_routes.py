@@ -19,19 +19,18 @@ differs, on purpose:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.api import convert
 from backend.api.auth import Credentials, basic_auth_dependency
-from backend.api.routes import error_response
+from backend.api.routes import ErrorMappingRoute, error_response
 from backend.extras.segment import SamLibrary, blend_mask, grow_mask, masked_image
 from backend.images.loading import decode_base64_image, decode_base64_mask, to_mask
 
@@ -63,23 +62,13 @@ class DilateMaskRequest(BaseModel):
     dilate_amount: int = Field(10, ge=-512, le=512)
 
 
-class _SamErrorRoute(APIRoute):
+class _SamErrorRoute(ErrorMappingRoute):
     """The studio's JSON errors, plus the extension's `msg` key that its clients print."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except HTTPException:
-                raise
-            except Exception as exc:  # noqa: BLE001 - every error becomes a JSON answer
-                answer = error_response(exc)
-                body = json.loads(answer.body)
-                return JSONResponse({**body, "msg": body.get("detail", "")}, status_code=answer.status_code)
-
-        return handle
+    def error_answer(self, exc: Exception) -> Response:
+        answer = error_response(exc)
+        body = json.loads(answer.body)
+        return JSONResponse({**body, "msg": body.get("detail", "")}, status_code=answer.status_code)
 
 
 def _png(image) -> str:
