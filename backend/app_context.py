@@ -19,6 +19,7 @@ from backend.models.hashing import HashCache
 from backend.models.manager import ModelManager
 from backend.networks.library import NetworkLibrary
 from backend.prompts.styles import StyleStore
+from backend.server_control import ServerControl
 from backend.settings import Options, OptionsStore
 
 STARTER_STYLES = Path(__file__).parent / "prompts" / "starter_styles.csv"
@@ -75,6 +76,7 @@ class AppContext:
     extras: ExtrasLibrary
     extras_service: ExtrasService
     command_flags: dict[str, Any] = field(default_factory=dict)  # as launched; /cmd-flags shows them, secrets hidden
+    server_control: ServerControl | None = None  # set by ui/server.py once its server exists (/server-stop, ...)
 
 
 def build_app_context(paths: AppPaths, device: DeviceSettings, command_flags: dict[str, Any] | None = None) -> AppContext:

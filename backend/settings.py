@@ -10,11 +10,13 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from backend.a1111_options import HTML_OPTIONS, a1111_defaults, type_problem
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +126,42 @@ PATH_OPTIONS: frozenset[str] = frozenset(
 # Options a remote client must not turn on for itself: they decide what the server reaches out to.
 SERVER_ONLY_OPTIONS: frozenset[str] = frozenset({"api_enable_requests"})
 
+# A1111 options the studio has no setting for but keeps for clients (see OptionsStore.update_extra). These
+# name files or folders on the server (clean_temp_dir_at_start deletes one), so the API refuses them as
+# PATH_OPTIONS; A1111 itself restricts most of them (restricted_opts, --hide-ui-dir-config).
+A1111_PATH_OPTIONS: frozenset[str] = frozenset(
+    {"outdir_samples", "outdir_grids", "outdir_img2img_grids", "outdir_save", "outdir_init_images", "temp_dir",
+     "clean_temp_dir_at_start", "font", "profiling_filename", "restore_config_state_file"}
+)
+
+# A1111 marks these restrict_api: its API refuses to change them, and so does the studio's.
+A1111_SERVER_ONLY_OPTIONS: frozenset[str] = frozenset({"api_forbid_local_requests", "api_useragent"})
+
+
+class ExtraOptionError(ValueError):
+    """Extra (A1111) options that cannot be stored; `problems` holds (key, reason) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{key}: {reason}" for key, reason in problems))
+
 Listener = Callable[[Options, Options], None]
 
 
 class OptionsStore:
     """Holds the current Options, saves them to config.json, tells listeners."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, extra_defaults: Mapping[str, Any] | None = None) -> None:
+        """`extra_defaults`: other tools' options (A1111's by default) that clients may read and set, which
+        the studio keeps but does not act on, with their defaults."""
         self.path = Path(path)
         self._options = Options()
         # Keys we do not know (an A1111 config.json has hundreds): kept and
         # written back so other tools' settings survive our saves.
         self._unknown: dict[str, Any] = {}
+        defaults = a1111_defaults() if extra_defaults is None else dict(extra_defaults)
+        self._key_order = list(defaults)  # all_options() answers in this order, as A1111 lists its keys
+        self._extra_defaults = {k: v for k, v in defaults.items() if k not in Options.model_fields}
         self._listeners: list[Listener] = []
         # Reentrant so a listener may read (or even update) the store.
         self._lock = threading.RLock()
@@ -150,6 +176,73 @@ class OptionsStore:
     def unknown_keys(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._unknown)
+
+    @property
+    def extra_defaults(self) -> dict[str, Any]:
+        """The extra keys (those the studio has no setting for) with their defaults."""
+        return json.loads(json.dumps(self._extra_defaults))
+
+    @property
+    def extra_options(self) -> dict[str, Any]:
+        """Every extra key's current value: what config.json or update_extra() stored, else its default.
+
+        A stored value of the wrong type (a hand-edited file) reads as the default.
+        """
+        with self._lock:
+            current = {}
+            for key, default in self._extra_defaults.items():
+                stored = self._unknown.get(key, default)
+                ok = key not in HTML_OPTIONS and type_problem(stored, default) is None
+                current[key] = stored if ok else default
+            return json.loads(json.dumps(current))  # a deep copy: callers may change lists in it
+
+    def all_options(self) -> dict[str, Any]:
+        """What GET /sdapi/v1/options answers: every extra key in its tool's order (the studio's value where
+        the studio has that setting, else extra_options), then the studio's own other keys."""
+        with self._lock:
+            studio = self._options.model_dump()
+            extra = self.extra_options
+        merged = {key: studio[key] if key in studio else extra[key] for key in self._key_order}
+        merged.update((key, value) for key, value in studio.items() if key not in merged)
+        return merged
+
+    def check_extra(self, changes: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(key, reason) for each change update_extra() would refuse among the keys that are not the studio's:
+        unknown keys, and values whose JSON type differs from the default's (ints and floats mix)."""
+        problems = []
+        for key, value in changes.items():
+            if key in Options.model_fields:
+                continue
+            if key not in self._extra_defaults:
+                problems.append((key, "unknown option"))
+            elif (reason := type_problem(value, self._extra_defaults[key])) is not None:
+                problems.append((key, f"{reason}, got {json.dumps(value)}"))
+        return problems
+
+    def update_extra(self, changes: Mapping[str, Any]) -> Options:
+        """Store extra options, and apply any studio options among `changes` as update() does, in one save.
+
+        Everything is checked first: raises ExtraOptionError (extra keys) or pydantic.ValidationError (studio
+        keys) and changes nothing if any change is refused. Explanation entries (HTML_OPTIONS) are not
+        settings and are ignored, as A1111 ignores them.
+        """
+        with self._lock:
+            problems = self.check_extra(changes)
+            if problems:
+                raise ExtraOptionError(problems)
+            studio = {k: v for k, v in changes.items() if k in Options.model_fields}
+            old = self._options
+            new = Options.model_validate({**old.model_dump(), **studio})
+            stored = {k: v for k, v in changes.items()
+                      if k not in Options.model_fields and k not in HTML_OPTIONS}
+            unknown = {**self._unknown, **stored}
+            if new == old and unknown == self._unknown:
+                return new.model_copy()
+            self._write_file(new, unknown)
+            self._options, self._unknown = new, unknown
+            if new != old:
+                self._notify(old, new)
+            return new.model_copy()
 
     def load(self) -> Options:
         """Read config.json if it exists; bad content is logged, never fatal."""
@@ -184,7 +277,7 @@ class OptionsStore:
             new = Options.model_validate({**old.model_dump(), **changes})
             if new == old:
                 return new.model_copy()
-            self._write_file(new)
+            self._write_file(new, self._unknown)
             self._options = new
             self._notify(old, new)
             return new.model_copy()
@@ -212,10 +305,10 @@ class OptionsStore:
             return {}
         return data
 
-    def _write_file(self, options: Options) -> None:
+    def _write_file(self, options: Options, unknown: dict[str, Any]) -> None:
         # Temp file + fsync + os.replace: a crash mid-write leaves the old
         # config.json whole instead of a truncated one.
-        data = {**self._unknown, **options.model_dump()}
+        data = {**unknown, **options.model_dump()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
                                         dir=self.path.parent)

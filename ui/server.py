@@ -19,6 +19,7 @@ from backend.api.sam_routes import sam_router
 from backend.app_context import AppContext, AppPaths, build_app_context
 from backend.devices import DeviceSettings
 from backend.extras.upscalers import UPSCALER_FOLDERS
+from backend.server_control import ServerControl
 
 log = logging.getLogger("studio")
 
@@ -87,9 +88,18 @@ class StudioServer(uvicorn.Server):
         self.on_exit = on_exit
 
     def handle_exit(self, sig, frame) -> None:
+        self._end_jobs_soon()
+        super().handle_exit(sig, frame)
+
+    def request_stop(self) -> None:
+        """Shut down as Ctrl+C does, from any thread (POST /sdapi/v1/server-stop): the jobs end, requests
+        waiting on them get their answers, then uvicorn stops serving and run() returns."""
+        self._end_jobs_soon()
+        self.should_exit = True
+
+    def _end_jobs_soon(self) -> None:
         # A thread, because a signal handler must not wait on a lock the interrupted code may hold.
         threading.Thread(target=self.on_exit, name="queue-close", daemon=True).start()
-        super().handle_exit(sig, frame)
 
 
 def announce_when_started(server: StudioServer, args: argparse.Namespace, api_auth: list) -> None:
@@ -142,6 +152,7 @@ def serve_studio(args: argparse.Namespace) -> None:
                             ssl_certfile=args.tls_certfile, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=10)
     server = StudioServer(config, on_exit=ctx.service.queue.close)
+    ctx.server_control = ServerControl(server.request_stop)  # for /server-stop, /server-restart, /server-kill
     threading.Thread(target=announce_when_started, args=(server, args, api_auth), name="announce",
                      daemon=True).start()
     try:
@@ -150,3 +161,4 @@ def serve_studio(args: argparse.Namespace) -> None:
         pass  # uvicorn raises Ctrl+C again once it has shut down: a normal way to stop
     finally:
         ctx.service.queue.close()
+    ctx.server_control.exec_if_restarting()  # after the port is free, so the new process can take it

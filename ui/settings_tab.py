@@ -1,13 +1,15 @@
 """The Settings tab: one widget per option, generated from the Options model, saved atomically."""
 from __future__ import annotations
 
+import json
 import typing
 
 import gradio as gr
 
+from backend.a1111_options import HTML_OPTIONS
 from backend.app_context import AppContext
 from backend.generation.samplers import SAMPLER_NAMES
-from backend.settings import Options
+from backend.settings import Options, OptionsStore
 from ui.errors import user_message
 
 # Options chosen elsewhere in the UI (the checkpoint picker on top).
@@ -29,6 +31,18 @@ def _widget(name: str, field, value):
     return gr.Textbox(label=label, info=info, value=value)
 
 
+KEPT_COLUMNS = ["option", "value", "A1111 default"]
+
+
+def kept_option_rows(store: OptionsStore) -> list[list[str]]:
+    """The A1111 options the studio keeps (config.json, POST /sdapi/v1/options) but does not act on, one row
+    each, values as JSON; changed ones first, so what a client set is not lost among ~300 defaults."""
+    defaults = store.extra_defaults
+    rows = [[key, json.dumps(value, ensure_ascii=False), json.dumps(defaults[key], ensure_ascii=False)]
+            for key, value in store.extra_options.items() if key not in HTML_OPTIONS]
+    return sorted(rows, key=lambda row: row[1] == row[2])
+
+
 def build_settings_tab(ctx: AppContext) -> None:
     current = ctx.options.options
     names = [n for n in Options.model_fields if n not in HIDDEN]
@@ -37,6 +51,11 @@ def build_settings_tab(ctx: AppContext) -> None:
         reload = gr.Button("Reload from config.json", elem_id="settings_reload")
     result = gr.Markdown(elem_id="settings_result")
     widgets = [_widget(n, Options.model_fields[n], getattr(current, n)) for n in names]
+    with gr.Accordion("A1111 options kept but not acted on", open=False, elem_id="settings_a1111_kept") as kept_box:
+        gr.Markdown("A1111 clients read and set these through `/sdapi/v1/options`; the studio stores them in "
+                    "config.json and answers them back, but nothing here uses them.")
+        kept = gr.Dataframe(value=kept_option_rows(ctx.options), headers=KEPT_COLUMNS, interactive=False,
+                            wrap=True, elem_id="settings_a1111_kept_table")
 
     def save(*values):
         opts = ctx.options.options
@@ -54,7 +73,8 @@ def build_settings_tab(ctx: AppContext) -> None:
 
     def load():
         opts = ctx.options.load()
-        return [getattr(opts, n) for n in names]
+        return [getattr(opts, n) for n in names] + [kept_option_rows(ctx.options)]
 
     apply.click(save, inputs=widgets, outputs=result)
-    reload.click(load, outputs=widgets)
+    reload.click(load, outputs=[*widgets, kept])
+    kept_box.expand(lambda: kept_option_rows(ctx.options), outputs=kept)  # API clients may have set some since

@@ -18,7 +18,9 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from backend.api import convert
+from backend.api.a1111_routes import add_a1111_routes
 from backend.api.auth import Credentials, basic_auth_dependency, caller
+from backend.api.errors import ApiError
 from backend.api.extras_api import add_extras_routes
 from backend.api.jobs import ApiJobs, ApiTask
 from backend.api.schemas import (
@@ -48,9 +50,18 @@ from backend.images.infotext import parse_infotext, read_infotext
 from backend.images.loading import ImageInputError, decode_base64_mask
 from backend.models.errors import CheckpointLoadError, UnknownCheckpointError
 from backend.prompts.conditioning import embedding_widths
-from backend.settings import PATH_OPTIONS, SERVER_ONLY_OPTIONS, Options
+from backend.settings import (
+    A1111_PATH_OPTIONS,
+    A1111_SERVER_ONLY_OPTIONS,
+    PATH_OPTIONS,
+    SERVER_ONLY_OPTIONS,
+    Options,
+)
 
 log = logging.getLogger(__name__)
+
+# Options the API never sets (folders, and what decides where the server reaches out to).
+_REFUSED_OPTIONS = PATH_OPTIONS | A1111_PATH_OPTIONS | SERVER_ONLY_OPTIONS | A1111_SERVER_ONLY_OPTIONS
 
 
 def _problems_response(status: int, problems: list[tuple[str, str]], error: str) -> JSONResponse:
@@ -74,6 +85,8 @@ def error_response(exc: Exception) -> JSONResponse:
         return _problems_response(exc.status_code, exc.problems, error)
     if isinstance(exc, (ValidationError, RequestValidationError)):
         return _problems_response(422, _pydantic_problems(exc.errors()), "ValidationError")
+    if isinstance(exc, ApiError):  # e.g. 501 for A1111's training routes
+        return _problems_response(exc.status_code, [("", str(exc))], exc.error)
     if isinstance(exc, UnknownCheckpointError):
         return _problems_response(404, [("", str(exc))], type(exc).__name__)
     if isinstance(exc, (CheckpointLoadError, ValueError)):  # e.g. an inpainting model asked for txt2img
@@ -290,27 +303,39 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:
-        return ctx.options.options.model_dump()
+        """Every A1111 1.10 option (kept, not acted on, where the studio has no such setting) and the studio's own."""
+        return ctx.options.all_options()
 
     @router.post("/options")
     def set_options(changes: dict[str, Any] = Body(...)) -> bool:
-        unknown = [k for k in changes if k not in Options.model_fields]
+        current = ctx.options.all_options()
+        unknown = [k for k in changes if k not in current]
         if unknown:
             raise convert.ApiFieldError([(k, "unknown option") for k in unknown])
-        paths = sorted(k for k in changes if k in PATH_OPTIONS)
-        server_only = sorted(k for k in changes if k in SERVER_ONLY_OPTIONS)
+        # A client that posts back the whole GET answer sends the folders unchanged: that changes nothing.
+        untouched = {k for k in changes if k in _REFUSED_OPTIONS and changes[k] == current[k]}
+        changes = {k: v for k, v in changes.items() if k not in untouched}
+        paths = sorted(k for k in changes if k in PATH_OPTIONS | A1111_PATH_OPTIONS)
+        server_only = sorted(k for k in changes if k in SERVER_ONLY_OPTIONS | A1111_SERVER_ONLY_OPTIONS)
         if paths or server_only:
             raise convert.ForbiddenFieldError(
                 [(k, "folder options cannot be changed through the API") for k in paths]
                 + [(k, "only the studio's own Settings page can change this") for k in server_only])
         # Validate everything before loading anything, so a bad value changes nothing.
-        Options.model_validate({**ctx.options.options.model_dump(), **changes})
+        studio = {k: v for k, v in changes.items() if k in Options.model_fields}
+        problems = ctx.options.check_extra(changes)
+        try:
+            Options.model_validate({**ctx.options.options.model_dump(), **studio})
+        except ValidationError as err:
+            problems = _pydantic_problems(err.errors()) + problems
+        if problems:
+            raise convert.ApiFieldError(problems)
         name = changes.get("sd_model_checkpoint")
         if name and name != ctx.options.options.sd_model_checkpoint:
             # On the device, between jobs: loading may evict a model a running job is using.
             loaded = ctx.service.queue.on_device_now(lambda: ctx.manager.load(name))  # raises before selecting
             changes = {**changes, "sd_model_checkpoint": loaded.info.title}  # title has the hash now
-        ctx.options.update(**changes)
+        ctx.options.update_extra(changes)  # the studio's options and A1111's kept ones, in one save
         return True
 
     @router.get("/samplers", response_model=list[SamplerItem])
@@ -321,5 +346,7 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
     @router.get("/schedulers", response_model=list[SchedulerItem])
     def schedulers() -> list[SchedulerItem]:
         return [SchedulerItem(name=convert.scheduler_api_name(label), label=label) for label in SCHEDULE_TYPES]
+
+    add_a1111_routes(router, ctx)  # hypernetworks, script-info, server-stop, ...: backend/api/a1111_routes.py
 
     return router

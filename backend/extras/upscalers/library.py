@@ -62,12 +62,14 @@ class UpscalerLibrary:
         """"None", "Lanczos", "Nearest", then every usable file by name (A1111 sorts them ignoring case)."""
         return list(found.BUILTIN_UPSCALERS) + [f.name for f, _ in self._usable()]
 
-    def entries(self) -> list[dict]:
-        """A1111's GET /sdapi/v1/upscalers items."""
+    def entries(self, family: str | None = None) -> list[dict]:
+        """A1111's GET /sdapi/v1/upscalers items; with `family` ("RealESRGAN", ...), only the files found in
+        that family's folders."""
         builtins = [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
                     for n in found.BUILTIN_UPSCALERS]  # A1111 reports its default 4 for these
-        return builtins + [{"name": f.name, "model_name": f.stem, "model_path": str(f.path), "model_url": None,
-                            "scale": facts.scale} for f, facts in self._usable()]
+        files = [{"name": f.name, "model_name": f.stem, "model_path": str(f.path), "model_url": None,
+                  "scale": facts.scale} for f, facts in self._usable() if family in (None, f.family)]
+        return files if family else builtins + files
 
     def unusable(self) -> list[dict]:
         """Files in the folders that cannot serve as upscalers, each with the reason."""
