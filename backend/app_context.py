@@ -15,6 +15,7 @@ from backend.extras.in_generation import GenerationExtras
 from backend.extras.library import ExtrasLibrary, ExtrasPaths
 from backend.extras.service import ExtrasService
 from backend.generation.service import GenerationService
+from backend.interrogate import InterrogateService
 from backend.models.hashing import HashCache
 from backend.models.manager import ModelManager
 from backend.networks.library import NetworkLibrary
@@ -76,6 +77,7 @@ class AppContext:
     extras: ExtrasLibrary
     extras_service: ExtrasService
     command_flags: dict[str, Any] = field(default_factory=dict)  # as launched; /cmd-flags shows them, secrets hidden
+    interrogate: InterrogateService | None = None  # captions from models/BLIP (img2img's Interrogate, the API)
     server_control: ServerControl | None = None  # set by ui/server.py once its server exists (/server-stop, ...)
 
 
@@ -98,7 +100,9 @@ def build_app_context(paths: AppPaths, device: DeviceSettings, command_flags: di
     options.subscribe(lambda old, new: _apply_control_options(control, old, new))
     return AppContext(root=paths.root, options=options, styles=styles, manager=manager, service=service, device=device,
                       networks=networks, control=control, extras=extras, extras_service=ExtrasService(extras, service),
-                      command_flags=dict(command_flags or {}))
+                      command_flags=dict(command_flags or {}),
+                      interrogate=InterrogateService(paths.root / "models" / "BLIP", device.device, device.dtype,
+                                                     service.queue, options))
 
 
 def _apply_options(manager: ModelManager, old: Options, new: Options) -> None:

@@ -114,6 +114,12 @@ class Options(BaseModel):
         0.5, ge=0.0, le=1.0, description="CodeFormer weight for \"Restore faces\": 0 = strongest effect, "
                                          "1 = closest to the original.",
     )
+    interrogate_keep_models_in_memory: bool = Field(
+        False, description="Keep the interrogate (BLIP) model loaded between captions instead of loading it each time.",
+    )
+    interrogate_clip_num_beams: int = Field(1, ge=1, le=16, description="BLIP: number of beams when captioning.")
+    interrogate_clip_min_length: int = Field(24, ge=1, le=128, description="BLIP: shortest caption, in tokens.")
+    interrogate_clip_max_length: int = Field(48, ge=1, le=256, description="BLIP: longest caption, in tokens.")
 
 
 # Options that name folders on the server. The API must not let clients set

@@ -37,8 +37,7 @@ A1111_ROUTES = [
     ("POST", "/unload-checkpoint"), ("POST", "/reload-checkpoint"), ("GET", "/scripts"), ("GET", "/script-info"),
     ("GET", "/extensions"), ("POST", "/server-kill"), ("POST", "/server-restart"), ("POST", "/server-stop"),
     ("GET", "/sd-modules"), ("POST", "/refresh-loras"), ("GET", "/loras"),
-    # Being added by the interrogate work (add_interrogate_routes); xfail (not strict) until it lands.
-    pytest.param("POST", "/interrogate", marks=pytest.mark.xfail(reason="interrogate routes not merged yet")),
+    ("POST", "/interrogate"),
 ]
 
 

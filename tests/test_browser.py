@@ -268,3 +268,23 @@ def test_extra_seed_options_and_tiling_from_the_page(running_studio):
         expect(page.locator("#txt2img_subseed input")).to_have_value(drawn)
         page.locator("#txt2img_random_subseed").click()
         expect(page.locator("#txt2img_subseed input")).to_have_value("-1")
+
+
+@NEEDS_CHROMIUM
+def test_interrogate_writes_a_caption_into_the_img2img_prompt(running_studio):
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    from tests.fixtures.tiny_blip import write_blip
+
+    url, data_dir = running_studio
+    write_blip(data_dir / "models" / "BLIP" / "blip-tiny")
+    Image.new("RGB", (64, 64), "red").save(data_dir / "red.png")
+    with _studio_page(url, "tiny-sd1.safetensors") as page:
+        page.get_by_role("tab", name="img2img").click()
+        page.locator("#img2img_image input[type=file]").set_input_files(str(data_dir / "red.png"))
+        expect(page.locator("#img2img_image img")).to_be_visible(timeout=30_000)
+        page.locator("#img2img_prompt textarea").fill("to be replaced")
+        page.locator("#img2img_interrogate").click()
+        expect(page.locator("#img2img_prompt textarea")).not_to_have_value("to be replaced", timeout=60_000)
+        assert page.locator("#img2img_prompt textarea").input_value().strip()

@@ -19,6 +19,7 @@ from backend.generation.service import GenerationResult
 from ui.controlnet import ControlWidgets, build_control_accordions
 from ui.errors import user_message
 from ui.extra_networks import build_extra_networks
+from ui.interrogate import build_interrogate_button, caption_for
 from ui.segment import SegmentPanel, build_segment_panel, send_segment_to_inpaint
 from ui.session_jobs import SessionJobs
 from ui.widgets import (
@@ -86,6 +87,8 @@ def _editor(elem_id: str, label: str, brush: gr.Brush) -> gr.ImageEditor:
 def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdown,
                       allow_folders: bool = True) -> Img2ImgTab:
     row = build_prompt_row(ctx, "img2img")
+    with gr.Row(elem_id="img2img_interrogate_row"):
+        interrogate_button = build_interrogate_button("img2img")
     build_extra_networks(ctx, "img2img", row.prompt, checkpoint)
     mode = gr.State("img2img")
     with gr.Row():
@@ -223,6 +226,20 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
     row.generate.click(run, inputs=inputs, outputs=results.outputs, concurrency_limit=None)
     row.prompt.submit(run, inputs=inputs, outputs=results.outputs, concurrency_limit=None)
     wire_job_buttons(row, jobs)
+
+    def interrogate(mode_name, prompt_text, image, sketch_value, inpaint_value, up_image, out_image):
+        try:
+            if mode_name == "inpaint_upload":  # its mask is not needed for a caption
+                picture = to_rgb(up_image) if up_image is not None else None
+            else:
+                picture, _ = _picture_and_mask(mode_name, image, sketch_value, inpaint_value, up_image, None,
+                                               out_image)
+        except ValueError:  # no picture in this sub-tab (or the batch tab)
+            picture = None
+        return caption_for(ctx, picture, prompt_text)
+
+    interrogate_button.click(interrogate, inputs=[mode, row.prompt, init_image, sketch, inpaint, upload_image,
+                                                  outpaint_image], outputs=row.prompt, concurrency_limit=None)
     segment.send_inpaint.click(send_segment_to_inpaint, inputs=segment.picture_and_mask,
                                outputs=[inpaint, mode_tabs, mode], queue=False)
     return Img2ImgTab(

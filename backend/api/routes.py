@@ -22,6 +22,7 @@ from backend.api.a1111_routes import add_a1111_routes
 from backend.api.auth import Credentials, basic_auth_dependency, caller
 from backend.api.errors import ApiError
 from backend.api.extras_api import add_extras_routes
+from backend.api.interrogate_api import add_interrogate_routes
 from backend.api.jobs import ApiJobs, ApiTask
 from backend.api.schemas import (
     EmbeddingItem,
@@ -272,6 +273,7 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
         return [PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt) for s in styles if s]
 
     add_extras_routes(router, ctx, run)
+    add_interrogate_routes(router, ctx, run)
 
     @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])
     def latent_upscale_modes() -> list[LatentUpscalerModeItem]:
