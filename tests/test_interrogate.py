@@ -136,3 +136,34 @@ def test_the_button_writes_the_caption_into_the_prompt(studio):
     assert caption_for(studio, picture(), "old prompt") == studio.interrogate.interrogate(picture())
     with pytest.warns(UserWarning, match="picture"):
         assert caption_for(studio, None, "old prompt") == "old prompt"
+
+
+def test_a_file_saved_by_older_transformers_loads_and_a_replaced_model_is_reloaded(studio, blip_source, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    # transformers 4.2x (the Salesforce downloads) also saved position_ids and the tied output layer.
+    old = tmp_path / "blip-old-layout"
+    old.mkdir()
+    for f in blip_source.iterdir():
+        (old / f.name).write_bytes(f.read_bytes())
+    tensors = load_file(old / "model.safetensors")
+    tensors["text_decoder.bert.embeddings.position_ids"] = torch.arange(64).expand((1, -1)).contiguous()
+    tensors["text_decoder.cls.predictions.decoder.weight"] = \
+        tensors["text_decoder.bert.embeddings.word_embeddings.weight"].clone()
+    tensors["text_decoder.cls.predictions.decoder.bias"] = tensors["text_decoder.cls.predictions.bias"].clone()
+    save_file(tensors, old / "model.safetensors")
+    studio.options.update(interrogate_clip_min_length=4, interrogate_clip_max_length=10,
+                          interrogate_keep_models_in_memory=True)
+    reference = studio.interrogate.interrogate(picture())
+    target = studio.root / "models" / "BLIP"
+    (target / blip_source.name).unlink()
+    (target / "old").symlink_to(old, target_is_directory=True)
+    assert studio.interrogate.interrogate(picture()) == reference  # the same weights, the older layout
+
+    # The user swaps in other weights while the model is kept: the next caption uses the new file.
+    kept = studio.interrogate._kept
+    generator = torch.Generator().manual_seed(1)
+    save_file({k: torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+               for k, v in tensors.items()}, old / "model.safetensors")
+    studio.interrogate.interrogate(picture())
+    assert studio.interrogate._kept is not kept

@@ -12,7 +12,8 @@ from backend.api.errors import ApiError
 from backend.images.loading import ImageInputError, decode_base64_image
 from backend.interrogate import InterrogateError
 
-_ERROR_NAMES = {404: "NotFound", 409: "Interrupted", 422: "ValidationError", 501: "NotImplemented"}
+_ERROR_NAMES = {404: "NotFound", 409: "Interrupted", 422: "ValidationError", 501: "NotImplemented",
+                503: "ServiceUnavailable"}
 
 
 class InterrogateRequest(BaseModel):

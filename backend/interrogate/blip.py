@@ -85,6 +85,10 @@ def load_blip(folder: Path, device: torch.device, dtype: torch.dtype) -> BlipCap
         model = BlipForConditionalGeneration(config)
     tied = set(getattr(model, "_tied_weights_keys", None) or {})  # the output layer shares the word embeddings
     expected = set(model.state_dict())
+    # Files saved by transformers 4.2x (the Salesforce downloads) still carry position_ids, which v5 no longer
+    # saves: as transformers itself, drop them and use the config's own values (set below).
+    unsaved_buffers = {name for name, _ in model.named_buffers()} - expected
+    state_dict = {k: v for k, v in state_dict.items() if k not in unsaved_buffers}
     missing = sorted(expected - set(state_dict) - tied)
     unexpected = sorted(set(state_dict) - expected)
     if missing or unexpected:

@@ -13,15 +13,23 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from backend.devices import is_out_of_memory, release_cached_memory
 from backend.generation.job import JobControl
 from backend.generation.queue import InterruptedWhileQueued
-from backend.interrogate.blip import BlipCaptioner, BlipLoadError, find_blip_folder, load_blip, signature
+from backend.interrogate.blip import (
+    BlipCaptioner,
+    BlipLoadError,
+    find_blip_folder,
+    load_blip,
+    signature,
+)
 
 MODELS = ("clip", "deepdanbooru")
 
 
 class InterrogateError(ValueError):
-    """Why no caption came: `status_code` is what the API answers (404 no model, 422 bad file, 501 not built)."""
+    """Why no caption came: `status_code` is what the API answers
+    (404 no model, 422 bad file, 501 not built, 503 out of memory)."""
 
     def __init__(self, message: str, status_code: int = 422) -> None:
         super().__init__(message)
@@ -54,10 +62,16 @@ class InterrogateService:
         job = job or JobControl()
 
         def on_device() -> str:
-            captioner = self._captioner(folder, options.interrogate_keep_models_in_memory)
-            return captioner.caption(image, num_beams=options.interrogate_clip_num_beams,
-                                     min_length=options.interrogate_clip_min_length,
-                                     max_length=options.interrogate_clip_max_length)
+            keep = options.interrogate_keep_models_in_memory
+            try:
+                captioner = self._captioner(folder, keep)
+                return captioner.caption(image, num_beams=options.interrogate_clip_num_beams,
+                                         min_length=options.interrogate_clip_min_length,
+                                         max_length=options.interrogate_clip_max_length)
+            finally:
+                if not keep:  # the model is dropped: give its GPU memory back for the next generation
+                    captioner = None
+                    release_cached_memory()
 
         try:
             return self.queue.run(job, on_device)
@@ -65,6 +79,14 @@ class InterrogateService:
             raise InterrogateError("interrupted before its turn", status_code=409) from None
         except BlipLoadError as exc:
             raise InterrogateError(str(exc)) from None
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            self._kept = None
+            release_cached_memory()
+            raise InterrogateError(f"out of memory on {self.device} while captioning: free memory (a smaller "
+                                   "checkpoint, fewer interrogate_clip_num_beams) and try again",
+                                   status_code=503) from None
         finally:
             job.finish()
 
