@@ -47,11 +47,11 @@ class _Txt2ImgRun(SamplingRun):
         return self.request.steps + self.hires_steps
 
     # --- building blocks ---
-    def initial_noise(self, pipe, generators: list[torch.Generator]) -> torch.Tensor:
+    def initial_noise(self, pipe, generators: list[torch.Generator], variation: NoiseVariation) -> torch.Tensor:
         scale = pipe.vae_scale_factor
         shape = (1, pipe.vae.config.latent_channels, self.request.height // scale, self.request.width // scale)
         noise = [torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in generators]
-        return torch.cat(noise).to(pipe.unet.dtype)
+        return variation.apply(torch.cat(noise)).to(pipe.unet.dtype)  # varied in float32, then the UNet's dtype
 
     # --- one batch ---
     def batch(self, seeds: list[int], job_no: int, variation: NoiseVariation) -> list[Image.Image]:
@@ -60,7 +60,7 @@ class _Txt2ImgRun(SamplingRun):
         cls = inpaint_class(base) if self.inpainting_model else type(base)
         pipe = self.pipeline(cls, len(seeds), stage="first" if req.hires.enabled else "single")
         generators = self.generators(seeds)
-        latents = variation.apply(self.initial_noise(pipe, generators))
+        latents = self.initial_noise(pipe, generators, variation)
         output_type = "latent" if req.hires.enabled else "pil"
         extra = full_mask_inputs(req.width, req.height, len(seeds)) | {"strength": 1.0} if self.inpainting_model else {}
         text = f"Batch {job_no + 1} of {req.n_iter}"
