@@ -13,6 +13,7 @@ from backend.control.library import ControlLibrary, ControlPaths
 from backend.devices import DeviceSettings
 from backend.extras.in_generation import GenerationExtras
 from backend.extras.library import ExtrasLibrary, ExtrasPaths
+from backend.extensions import Extensions, load_extensions
 from backend.extras.service import ExtrasService
 from backend.generation.service import GenerationService
 from backend.interrogate import InterrogateService
@@ -25,6 +26,7 @@ from backend.settings import Options, OptionsStore
 
 STARTER_STYLES = Path(__file__).parent / "prompts" / "starter_styles.csv"
 DEMO_CHECKPOINT = Path(__file__).parent / "demo_model" / "studio-demo.safetensors"
+BUILTIN_EXTENSIONS = Path(__file__).resolve().parent.parent / "extensions"  # shipped with the studio
 
 
 @dataclass
@@ -40,6 +42,12 @@ class AppPaths:
     gfpgan_dir: Path | None = None  # --gfpgan-models-path; models/GFPGAN when None
     codeformer_dir: Path | None = None  # --codeformer-models-path; models/Codeformer when None
     builtin_checkpoints: list[Path] = field(default_factory=lambda: [DEMO_CHECKPOINT])
+    extension_dirs: list[Path] | None = None  # None: the shipped extensions/ and <root>/extensions
+
+    def extension_folders(self) -> list[Path]:
+        if self.extension_dirs is not None:
+            return list(self.extension_dirs)
+        return list(dict.fromkeys([BUILTIN_EXTENSIONS, (self.root / "extensions").resolve()]))
 
     @property
     def config_file(self) -> Path:
@@ -77,6 +85,7 @@ class AppContext:
     extras: ExtrasLibrary
     extras_service: ExtrasService
     command_flags: dict[str, Any] = field(default_factory=dict)  # as launched; /cmd-flags shows them, secrets hidden
+    extensions: Extensions | None = None  # what was found in the extension folders at start, and why not loaded
     interrogate: InterrogateService | None = None  # captions from models/BLIP (img2img's Interrogate, the API)
     server_control: ServerControl | None = None  # set by ui/server.py once its server exists (/server-stop, ...)
 
@@ -95,14 +104,22 @@ def build_app_context(paths: AppPaths, device: DeviceSettings, command_flags: di
     control = ControlLibrary(paths.control_paths(), device.device, device.dtype,
                              cache_size=options.options.control_net_model_cache_size)
     extras = ExtrasLibrary.build(paths.extras_paths(), device.device, device.dtype)
+    disabled, disable_all = _disabled_extensions(options)
+    extensions = load_extensions(paths.extension_folders(), disabled=disabled, disable_all=disable_all)
     service = GenerationService(manager, options, styles, device, root=paths.root, networks=networks, control=control,
-                                extras=GenerationExtras(extras, options))
+                                extras=GenerationExtras(extras, options), hooks=extensions.hooks)
     options.subscribe(lambda old, new: _apply_control_options(control, old, new))
     return AppContext(root=paths.root, options=options, styles=styles, manager=manager, service=service, device=device,
                       networks=networks, control=control, extras=extras, extras_service=ExtrasService(extras, service),
-                      command_flags=dict(command_flags or {}),
+                      command_flags=dict(command_flags or {}), extensions=extensions,
                       interrogate=InterrogateService(paths.root / "models" / "BLIP", device.device, device.dtype,
                                                      service.queue, options))
+
+
+def _disabled_extensions(options: OptionsStore) -> tuple[set[str], bool]:
+    """A1111's disabled_extensions list, and whether disable_all_extensions (not "none") turns every one off."""
+    kept = options.extra_options
+    return set(kept.get("disabled_extensions") or []), kept.get("disable_all_extensions", "none") != "none"
 
 
 def _apply_options(manager: ModelManager, old: Options, new: Options) -> None:

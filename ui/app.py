@@ -7,6 +7,7 @@ import logging
 import gradio as gr
 
 from backend.app_context import AppContext
+from ui.extensions_tab import build_extensions_tab
 from ui.errors import user_message
 from ui.extras import build_extras_tab
 from ui.img2img import build_img2img_tab
@@ -93,7 +94,7 @@ def build_ui(ctx: AppContext, allow_folders: bool = True) -> gr.Blocks:
             with gr.Tab("Settings", id="settings"):
                 build_settings_tab(ctx)
             with gr.Tab("Extensions", id="extensions"):
-                gr.Markdown("Extensions arrive with a later milestone.")
+                build_extensions_tab(ctx)
 
         wire_send_to(main_tabs, txt2img, img2img, png_info)
         extras.segment.send_inpaint.click(lambda value: (gr.Tabs(selected="img2img"), *send_segment_to_inpaint(value)),

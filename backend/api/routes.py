@@ -286,7 +286,11 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
 
     @router.get("/extensions")
     def extensions() -> list[dict[str, Any]]:
-        return []
+        """A1111's shape; git details (branch, commit) are not read yet: null."""
+        found = ctx.extensions.records if getattr(ctx, "extensions", None) else []
+        return [{"name": r.id, "remote": r.manifest.url if r.manifest else None, "branch": None,
+                 "commit_hash": None, "version": r.manifest.version if r.manifest else None,
+                 "commit_date": None, "enabled": r.enabled} for r in found]
 
     @router.post("/unload-checkpoint")
     def unload_checkpoint() -> None:

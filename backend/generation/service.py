@@ -15,6 +15,7 @@ from PIL import Image
 
 from backend.control.library import ControlLibrary
 from backend.control.saving import save_control_maps
+from backend.extensions.api import Hooks
 from backend.devices import is_out_of_memory, release_cached_memory
 from backend.generation.img2img import run_img2img
 from backend.generation.job import JobControl
@@ -56,8 +57,9 @@ class GenerationResult:
 class GenerationService:
     def __init__(self, manager, options_store, styles, device_settings, *, root: Path | None = None,
                  networks: NetworkLibrary | None = None, control: ControlLibrary | None = None,
-                 extras: GenerationExtras | None = None):
+                 extras: GenerationExtras | None = None, hooks: Hooks | None = None):
         self.manager = manager
+        self.hooks = hooks or Hooks()  # extensions' prompt transformers and before / after job hooks
         self.extras = extras  # model upscalers for hires. fix and "Restore faces"
         self.networks = networks
         self.control = control
@@ -79,6 +81,8 @@ class GenerationService:
         job = job or JobControl()
         options = self.options_store.options
         prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, request.styles)
+        prompt, negative, hook_warnings = self.hooks.transform_prompts(prompt, negative, request)
+        hook_warnings += self.hooks.run("before_job", request)
         job.preview_every_n_steps = options.show_progress_every_n_steps if options.live_previews_enable else 0
         started = datetime.now()
         try:
@@ -116,12 +120,14 @@ class GenerationService:
                 f"{request.batch_size}: try a smaller size or batch, or start with --medvram / --lowvram") from err
         finally:
             job.finish()
-        return GenerationResult(
+        result = GenerationResult(
             images=output.images, infotexts=output.infotexts, seeds=output.seeds, paths=paths,
             info=self._info(output, request, loaded, prompt, negative, started, self.extras),
-            interrupted=output.interrupted, warnings=activation.warnings,
+            interrupted=output.interrupted, warnings=hook_warnings + activation.warnings,
             control_maps=[] if options.control_net_no_detectmap else list(output.control_maps),
         )
+        result.warnings += self.hooks.run("after_job", request, result)
+        return result
 
     def _control_plan(self, loaded: LoadedCheckpoint, request: GenerationRequest):
         if not any(unit.used for unit in request.controlnet_units):
