@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 API_VERSION = "1.0.0"
@@ -31,6 +31,11 @@ class Hooks:
     prompt_transforms: list[tuple[str, PromptTransform]] = field(default_factory=list)
     before_job: list[tuple[str, JobHook]] = field(default_factory=list)
     after_job: list[tuple[str, JobHook]] = field(default_factory=list)
+
+    def merge(self, other: "Hooks") -> None:
+        """Add `other`'s hooks after these (an extension's, once its register() returned)."""
+        for hook_list in fields(self):
+            getattr(self, hook_list.name).extend(getattr(other, hook_list.name))
 
     def transform_prompts(self, prompt: str, negative: str, request) -> tuple[str, str, list[str]]:
         """The texts after every transformer, and a warning per transformer that failed (it is skipped)."""

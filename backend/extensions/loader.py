@@ -89,8 +89,7 @@ def _load_one(record: ExtensionRecord, hooks: Hooks) -> None:
         log.error("extension %s failed to load:\n%s", manifest.id, traceback.format_exc())
     else:
         record.status = LOADED
-        for name in ("prompt_transforms", "before_job", "after_job"):
-            getattr(hooks, name).extend(getattr(own, name))
+        hooks.merge(own)
     finally:
         record.seconds = time.perf_counter() - started
 
