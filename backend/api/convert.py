@@ -27,6 +27,7 @@ from backend.api.controlnet_units import CONTROLNET_SCRIPT, UnitError, units_fro
 from backend.api.schemas import StableDiffusionImg2ImgProcessingAPI as ApiImg2Img
 from backend.api.schemas import StableDiffusionTxt2ImgProcessingAPI as ApiTxt2Img
 from backend.api.schemas import _ProcessingAPI as ApiProcessing
+from backend.api.script_args import ScriptArgsError, extension_fields, script_fields
 from backend.generation.request import MASKED_CONTENT, HiresFix, Img2ImgRequest, Txt2ImgRequest
 from backend.generation.samplers import (
     SAMPLER_NAMES,
@@ -102,7 +103,6 @@ _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "s_tmax": (lambda v: v in (None, 0) or v == math.inf, "s_tmax is not supported"),
     "s_noise": (_is(None, 1), "s_noise is not supported"),
     "refiner_checkpoint": (_is(None, "", "None"), "the SDXL refiner is not supported"),
-    "script_name": (_is(None, ""), "scripts are not supported (img2img takes \"SD upscale\")"),
 }
 _UNSUPPORTED_TXT2IMG = {
     "firstpass_image": (_is(None, ""), "a first-pass image is not supported"),
@@ -125,14 +125,9 @@ SD_UPSCALE = "sd upscale"
 
 def _refusals(req: ApiProcessing, sampler: str, scheduler: str) -> list[tuple[str, str]]:
     unsupported = _UNSUPPORTED | (_UNSUPPORTED_IMG2IMG if isinstance(req, ApiImg2Img) else _UNSUPPORTED_TXT2IMG)
-    if isinstance(req, ApiImg2Img) and (req.script_name or "").strip().lower() == SD_UPSCALE:
-        unsupported = {k: v for k, v in unsupported.items() if k != "script_name"}
     problems = [(f, why) for f, (ok, why) in unsupported.items() if not ok(getattr(req, f))]
     if req.disable_extra_networks and "<" in req.prompt + req.negative_prompt:
         problems.append(("disable_extra_networks", "cannot ignore <...> networks in the prompt"))
-    for name in req.alwayson_scripts:
-        if name.lower() != CONTROLNET_SCRIPT:
-            problems.append((f"alwayson_scripts.{name}", "always-on scripts are not supported"))
     if isinstance(req, ApiImg2Img) and req.mask_blur is None and req.mask_blur_x != req.mask_blur_y:
         problems.append(("mask_blur_x/mask_blur_y", "different horizontal and vertical blur is not supported"))
     if isinstance(req, ApiTxt2Img) and req.enable_hr:
@@ -262,8 +257,26 @@ def _validation_problems(err: ValidationError, req: ApiProcessing) -> list[tuple
     return problems
 
 
-def _shared_fields(req: ApiProcessing, options: Options) -> dict[str, Any]:
-    """Our request fields common to txt2img and img2img; raises ApiFieldError for refused ones."""
+def _script_fields(req: ApiProcessing, catalog, kind: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """script_name / script_args and the extensions' alwayson_scripts entries, as our request's fields."""
+    fields: dict[str, Any] = {}
+    try:
+        # every entry but ControlNet must be an extension's accordion (none without a catalog)
+        fields["extension_args"] = extension_fields(getattr(catalog, "hooks", None), req.alwayson_scripts,
+                                                    {CONTROLNET_SCRIPT})
+        if (req.script_name or "").strip().lower() != SD_UPSCALE or kind != "img2img":
+            if req.script_name and not hasattr(catalog, "find_script"):
+                return fields, [("script_name", f"no script {req.script_name!r} here")]
+            fields.update(script_fields(catalog, req.script_name, req.script_args, kind))
+    except ScriptArgsError as err:
+        return fields, err.problems
+    return fields, []
+
+
+def _shared_fields(req: ApiProcessing, options: Options, catalog=None) -> dict[str, Any]:
+    """Our request fields common to txt2img and img2img; raises ApiFieldError for refused ones.
+
+    `catalog` (the generation service) knows the scripts and the extensions' always-on accordions."""
     sampler_name = req.sampler_name or req.sampler_index
     sampler = _sampler(sampler_name)
     scheduler = resolve_scheduler(req.scheduler)
@@ -273,6 +286,8 @@ def _shared_fields(req: ApiProcessing, options: Options) -> dict[str, Any]:
     problems = _refusals(req, sampler, scheduler)
     overridden, override_problems = _overrides(req.override_settings, options)
     problems += override_problems
+    scripted, script_problems = _script_fields(req, catalog, "img2img" if isinstance(req, ApiImg2Img) else "txt2img")
+    problems += script_problems
     if sampler in SAMPLER_NAMES and scheduler in SCHEDULE_TYPES:
         try:
             effective_schedule(sampler, scheduler)
@@ -297,6 +312,7 @@ def _shared_fields(req: ApiProcessing, options: Options) -> dict[str, Any]:
         subseed=req.subseed, subseed_strength=req.subseed_strength,
         # A1111 sends -1 or 0 for "off"; the noise is drawn at that size only when both are set
         seed_resize_from_w=max(req.seed_resize_from_w, 0), seed_resize_from_h=max(req.seed_resize_from_h, 0),
+        **scripted,
     )
     fields.update(overridden)
     # The settings stand in for restore_faces / tiling only when the request leaves them out (null).
@@ -313,14 +329,14 @@ def _validate(model: type, fields: dict[str, Any], req: ApiProcessing):
         raise ApiFieldError(_validation_problems(err, req)) from err
 
 
-def to_txt2img_request(req: ApiTxt2Img, options: Options) -> Txt2ImgRequest:
+def to_txt2img_request(req: ApiTxt2Img, options: Options, catalog=None) -> Txt2ImgRequest:
     """Our request for an A1111 txt2img payload; raises ApiFieldError naming A1111 fields.
 
     `override_settings.sd_model_checkpoint` becomes `checkpoint` of this one
     request; the global option is never changed.
     """
     req = apply_infotext(req)
-    fields = _shared_fields(req, options)
+    fields = _shared_fields(req, options, catalog)
     if req.enable_hr:
         fields["hires"] = dict(
             enabled=True, upscaler=req.hr_upscaler or "Latent", upscale_by=req.hr_scale,
@@ -358,12 +374,13 @@ def _sd_upscale(req: ApiImg2Img, upscaler_names: list[str]) -> dict[str, Any]:
             "upscaler": upscaler or "None", "scale_factor": 2.0 if scale is None else scale}
 
 
-def to_img2img_request(req: ApiImg2Img, options: Options, upscaler_names: list[str] | None = None) -> Img2ImgRequest:
+def to_img2img_request(req: ApiImg2Img, options: Options, upscaler_names: list[str] | None = None,
+                       catalog=None) -> Img2ImgRequest:
     """Our request for an A1111 img2img payload (images decoded); raises ApiFieldError.
 
     `upscaler_names` (the /upscalers order) resolves the SD upscale script's upscaler index."""
     req = apply_infotext(req)
-    fields = _shared_fields(req, options)
+    fields = _shared_fields(req, options, catalog)
     if not req.init_images:
         raise ApiFieldError([("init_images", "at least one base64 image is required")])
     images, problems = [], []

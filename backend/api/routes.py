@@ -166,14 +166,14 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
 
     @router.post("/txt2img", response_model=TextToImageResponse)
     def txt2img(req: StableDiffusionTxt2ImgProcessingAPI, http: Request) -> TextToImageResponse:
-        request = convert.to_txt2img_request(req, ctx.options.options)
+        request = convert.to_txt2img_request(req, ctx.options.options, ctx.service)
         result = run(http, req.force_task_id, lambda job: ctx.service.txt2img(request, job))
         return TextToImageResponse(images=convert.result_images(result, req.send_images),
                                    parameters=req.model_dump(), info=convert.result_info(result))
 
     @router.post("/img2img", response_model=ImageToImageResponse)
     def img2img(req: StableDiffusionImg2ImgProcessingAPI, http: Request) -> ImageToImageResponse:
-        request = convert.to_img2img_request(req, ctx.options.options, ctx.extras.upscalers.names())
+        request = convert.to_img2img_request(req, ctx.options.options, ctx.extras.upscalers.names(), ctx.service)
         result = run(http, req.force_task_id, lambda job: ctx.service.img2img(request, job))
         parameters = req.model_dump()
         if not req.include_init_images:  # as A1111: the (large) inputs are not echoed unless asked
@@ -282,7 +282,10 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
     @router.get("/scripts", response_model=ScriptsList)
     def scripts() -> ScriptsList:
         # ControlNet is built in and takes sd-webui-controlnet's alwayson_scripts entry, so it is listed as there.
-        return ScriptsList(txt2img=["controlnet"], img2img=["sd upscale", "controlnet"])
+        # As A1111: lower-case titles, the scripts of the dropdown first, then the always-on ones.
+        always = ["controlnet", *(c.title.lower() for _, c in ctx.service.hooks.controls)]
+        return ScriptsList(txt2img=[s.title.lower() for s in ctx.service.scripts("txt2img")] + always,
+                           img2img=[s.title.lower() for s in ctx.service.scripts("img2img")] + always)
 
     @router.get("/extensions")
     def extensions() -> list[dict[str, Any]]:

@@ -15,8 +15,10 @@ import logging
 import sys
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from backend.extensions.api import API_VERSION, ExtensionApi, Hooks
 from backend.extensions.manifest import (
@@ -65,7 +67,8 @@ def _candidates(folders: list[Path]) -> list[Path]:
     return found
 
 
-def _load_one(record: ExtensionRecord, hooks: Hooks) -> None:
+def _load_one(record: ExtensionRecord, hooks: Hooks, reserved: Mapping[str, set[str]],
+              options: Callable[[], Mapping[str, Any]] | None) -> None:
     """Import the entry module and call register(api) on hooks of its own; merged only on success."""
     manifest = record.manifest
     entry = record.folder / manifest.entry
@@ -82,7 +85,7 @@ def _load_one(record: ExtensionRecord, hooks: Hooks) -> None:
         register = getattr(module, "register", None)
         if not callable(register):
             raise AttributeError(f"{manifest.entry} defines no register(api)")
-        register(ExtensionApi(manifest.id, own))
+        register(ExtensionApi(manifest.id, own, reserved, taken=hooks, options=options))
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - listed; the studio starts anyway (even on sys.exit)
         sys.modules.pop(module_name, None)
         record.status, record.error = FAILED, f"{type(exc).__name__}: {exc}"
@@ -95,8 +98,12 @@ def _load_one(record: ExtensionRecord, hooks: Hooks) -> None:
 
 
 def load_extensions(folders: list[Path], disabled: set[str] | frozenset[str] = frozenset(), disable_all: bool = False,
-                    api_version: str = API_VERSION) -> Extensions:
-    """Every extension under `folders`; `disabled` holds ids (or folder names) not to load, `disable_all` all."""
+                    api_version: str = API_VERSION, reserved: Mapping[str, set[str]] | None = None,
+                    options: Callable[[], Mapping[str, Any]] | None = None) -> Extensions:
+    """Every extension under `folders`; `disabled` holds ids (or folder names) not to load, `disable_all` all.
+
+    `reserved`: the studio's own names per kind of registration ("tabs", "settings", "scripts", ...), which
+    no extension may take; `options`: the current settings, for `api.option()`."""
     hooks = Hooks()
     records: list[ExtensionRecord] = []
     taken: set[str] = set()
@@ -122,7 +129,7 @@ def load_extensions(folders: list[Path], disabled: set[str] | frozenset[str] = f
             record.status = INCOMPATIBLE
             record.error = f"needs plugin API {manifest.api}; this studio has {api_version}"
         else:
-            _load_one(record, hooks)
+            _load_one(record, hooks, reserved or {}, options)
         if record.status == LOADED:
             taken.add(manifest.id)
             log.info("extension %s %s loaded in %.2f s", manifest.id, manifest.version, record.seconds)

@@ -197,7 +197,7 @@ class _Img2ImgRun(SamplingRun):
     # --- one batch ---
     def batch(self, seeds: list[int], job_no: int, variation: NoiseVariation) -> list[Image.Image]:
         req = self.request
-        indices = [k % len(self.inputs) for k in range(len(seeds))]
+        indices = [(self.image_offset + k) % len(self.inputs) for k in range(len(seeds))]
         if self.sampling_steps() < 1:  # strength 0 (or too low for one step): nothing to denoise
             return [self.inputs[i].original.copy() for i in indices]
         # Below strength 1 the pipeline noises the start latents through its scheduler's add_noise, which

@@ -52,6 +52,9 @@ class JobControl:
     started_at: float | None = None
     finished: bool = False
     queue_position: int | None = None  # written by the DeviceQueue while the job waits
+    # A script's job runs several jobs (X/Y/Z: one per cell): which part runs, of how many (0 parts: none).
+    part_no: int = 0
+    part_count: int = 0
 
     # --- commands from the UI / API ---
     def interrupt(self) -> None:
@@ -84,6 +87,12 @@ class JobControl:
             self.started_at = time.monotonic()
             self.finished = False
 
+    def begin_part(self, part_no: int, part_count: int, text: str = "") -> None:
+        """A script's part `part_no` (0-based) of `part_count` starts; progress counts whole parts."""
+        with self._lock:
+            self.part_no, self.part_count = part_no, max(part_count, 1)
+            self.text = text
+
     def begin_pass(self, job_no: int, total_steps: int, text: str = "") -> None:
         with self._lock:
             self.job_no = job_no
@@ -113,12 +122,16 @@ class JobControl:
         with self._lock:
             done = self.passes_done_steps + self.step
             progress = min(done / self.total_job_steps, 1.0) if self.total_job_steps else 0.0
+            job_no, job_count = self.job_no, self.job_count
+            if self.part_count:  # a script's parts: the bar moves over all of them
+                progress = min((self.part_no + progress) / self.part_count, 1.0)
+                job_no, job_count = self.part_no, self.part_count
             elapsed = time.monotonic() - self.started_at if self.started_at else 0.0
             its = done / elapsed if done and elapsed > 0 else None
             eta = (self.total_job_steps - done) / its if its else None
             return ProgressSnapshot(
-                job_no=self.job_no,
-                job_count=self.job_count,
+                job_no=job_no,
+                job_count=job_count,
                 step=self.step,
                 total_steps=self.total_steps,
                 progress=1.0 if self.finished else progress,

@@ -7,7 +7,7 @@ diffusers' `check_inputs` does; pydantic's ValidationError names the field.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -101,6 +101,9 @@ class GenerationRequest(BaseModel):
     controlnet_units: list[ControlUnit] = Field(default_factory=list, max_length=MAX_UNITS)
     # Extension parameters, keyed by extension id (see backend/extensions).
     extension_args: dict[str, dict] = Field(default_factory=dict)
+    # A Script-dropdown entry that runs the whole job itself (X/Y/Z plot...), and its inputs by name.
+    script_name: str | None = None
+    script_args: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("width", "height")
     @classmethod

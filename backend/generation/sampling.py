@@ -31,6 +31,7 @@ from diffusers import (
 from PIL import Image
 
 from backend.control.plan import ControlPlan
+from backend.extensions.specs import ImageToPostprocess, StepInfo
 from backend.generation.job import JobControl
 from backend.generation.preview import latents_to_preview
 from backend.generation.request import GenerationRequest
@@ -43,6 +44,7 @@ from backend.prompts.conditioning import PromptEncoder, StepConditioning
 from backend.prompts.extra_networks import strip_tags
 
 if TYPE_CHECKING:
+    from backend.extensions.api import Hooks
     from backend.extras.in_generation import GenerationExtras
 
 VERSION = f"diffusers {diffusers.__version__}"
@@ -57,6 +59,9 @@ class GenerationOutput:
     params: list[dict] = field(default_factory=list)  # ordered infotext parameters, per image
     interrupted: bool = False
     control_maps: list[Image.Image] = field(default_factory=list)  # the ControlNet maps the job used
+    prompts: list[str] = field(default_factory=list)  # each image's prompt and negative prompt, as encoded
+    negative_prompts: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # extension hooks that failed during sampling
 
 
 def resolve_seed(seed: int) -> int:
@@ -103,10 +108,11 @@ class StepCallback:
     """`callback_on_step_end`: progress, live preview, interrupt/skip of one pass."""
 
     def __init__(self, job: JobControl, family, steps: int, conditioning: StepConditioning | None = None,
-                 control: ControlPlan | None = None):
+                 control: ControlPlan | None = None, run: "SamplingRun | None" = None):
         self.job, self.family, self.steps = job, family, steps
         self.conditioning = conditioning
         self.control = control
+        self.run = run  # its extension hooks get each step; their failures become its warnings
         self.stopped = False
         self._last_preview = 0
 
@@ -118,6 +124,10 @@ class StepCallback:
         if every > 0 and done and done % every == 0 and done != self._last_preview:
             self._last_preview = done
             self.job.set_preview(latents_to_preview(callback_kwargs["latents"], self.family))
+        if self.run is not None and self.run.hooks is not None and self.run.hooks.step_callbacks:
+            step = StepInfo(latents=callback_kwargs["latents"], step=done, timestep=t, total=self.steps,
+                            request=self.run.request)
+            self.run.warn(self.run.hooks.run("step_callbacks", step))
         if self.job.should_stop_sampling:
             # diffusers' interrupt: the loop skips the remaining steps, then decodes as usual.
             self.stopped = True
@@ -136,11 +146,18 @@ class SamplingRun:
     def __init__(self, loaded: LoadedCheckpoint, request: GenerationRequest, job: JobControl,
                  device_settings, prompt: str, negative_prompt: str, embeddings: EmbeddingStore | None = None,
                  network_params: dict[str, object] | None = None, vae=None, vae_params: dict | None = None,
-                 control: ControlPlan | None = None, extras: GenerationExtras | None = None):
+                 control: ControlPlan | None = None, extras: GenerationExtras | None = None,
+                 hooks: Hooks | None = None, image_prompts: dict[int, tuple[str, str]] | None = None):
         self.loaded, self.request, self.job = loaded, request, job
+        self.hooks = hooks  # extensions' per-step callbacks and postprocessing
+        # Each picture's own (prompt, negative) by its seed (dynamic prompts); None: all use `prompt`.
+        self.image_prompts = image_prompts
+        self.image_offset = 0  # the place of a pass's first picture in its batch (img2img picks inputs by it)
+        self.warnings: list[str] = []
         self.extras = extras  # model upscalers for hires. fix, "Restore faces"; None: PIL resamplers only
         self.family = loaded.variant.family
         self.prompt, self.negative_prompt = prompt, negative_prompt
+        self.base_prompts = (prompt, negative_prompt)
         self.generator_device = getattr(device_settings, "generator_device", "cpu")
         self.inpainting_model = loaded.pipe.unet.config.in_channels == 9
         self.prompt_encoder = PromptEncoder(loaded.pipe, request.clip_skip, embeddings)
@@ -149,6 +166,14 @@ class SamplingRun:
         self.network_params = network_params or {}  # "Lora hashes", from the networks actually applied
         self.vae, self.vae_params = vae, vae_params or {}  # a chosen VAE ("VAE hash", "VAE") or the baked-in one
         self.control = control if control is not None and control.active else None
+
+    def warn(self, warnings: list[str]) -> None:
+        self.warnings += [w for w in warnings if w not in self.warnings]  # once per job, not once per step
+
+    def prompts_for(self, seed: int) -> tuple[str, str]:
+        if self.image_prompts and seed in self.image_prompts:
+            return self.image_prompts[seed]
+        return self.base_prompts
 
     # --- what subclasses provide ---
     def steps_per_batch(self) -> int:
@@ -216,7 +241,7 @@ class SamplingRun:
         conditioning = StepConditioning(self.prompt_encoder, strip_tags(self.prompt), strip_tags(self.negative_prompt),
                                         schedule_steps or steps, n)
         self.embeddings_used.update(conditioning.embeddings_used)
-        callback = StepCallback(self.job, self.family, steps, conditioning, self.control)
+        callback = StepCallback(self.job, self.family, steps, conditioning, self.control, run=self)
         if self.control is not None:
             self.control.start_pass(pipe)
             kwargs.update(self.control.pipeline_kwargs(n))
@@ -283,38 +308,77 @@ def check_can_sample(loaded: LoadedCheckpoint, request: GenerationRequest, task:
     make_scheduler(request.sampler_name, request.scheduler, loaded.pipe.scheduler.config)
 
 
+def _prompt_groups(run: SamplingRun, seeds: list[int]) -> list[tuple[tuple[str, str], list[int]]]:
+    """The batch's pictures in runs of one (prompt, negative): each run is one sampling pass."""
+    groups: list[tuple[tuple[str, str], list[int]]] = []
+    for position, seed in enumerate(seeds):
+        texts = run.prompts_for(seed)
+        if groups and groups[-1][0] == texts:
+            groups[-1][1].append(position)
+        else:
+            groups.append((texts, [position]))
+    return groups
+
+
+def _postprocess(run: SamplingRun, image: Image.Image, seed: int, params: dict) -> Image.Image:
+    """Extensions' postprocess hooks on one picture; their infotext entries go before Version."""
+    if run.hooks is None or not run.hooks.postprocess:
+        return image
+    item = ImageToPostprocess(image=image, seed=seed, prompt=run.prompt, request=run.request)
+    run.warn(run.hooks.run("postprocess", item))
+    version = params.pop("Version", None)
+    params.update({k: v for k, v in item.params.items() if v is not None})
+    if version is not None:
+        params["Version"] = version
+    return item.image
+
+
 def run_batches(run: SamplingRun, job: JobControl) -> GenerationOutput:
     """request.n_iter batches of request.batch_size images.
 
     Interrupt keeps the finished batches and the partly denoised current one,
     then stops; skip ends the current batch (its partial images are kept, as in
-    A1111) and goes on with the next. The caller calls `job.finish()`.
+    A1111) and goes on with the next. Pictures of one batch with different
+    prompts (dynamic prompts) are sampled in one pass per prompt. The caller
+    calls `job.finish()`.
     """
     request = run.request
     seed = resolve_seed(request.seed)
     subseed = resolve_subseed(request.subseed)
     out = GenerationOutput()
-    job.begin(request.n_iter, request.n_iter * run.steps_per_batch())
-    for job_no in range(request.n_iter):
+    batches = [[seed + n * request.batch_size + i for i in range(request.batch_size)] for n in range(request.n_iter)]
+    groups = [_prompt_groups(run, seeds) for seeds in batches]
+    job.begin(request.n_iter, sum(len(g) for g in groups) * run.steps_per_batch())
+    for job_no, seeds in enumerate(batches):
         if job.interrupted:
             break
         job.take_skip()  # a skip pressed between batches belongs to none of them
         first = job_no * request.batch_size
-        seeds = [seed + first + i for i in range(request.batch_size)]
         subseeds = [subseed + first + i for i in range(request.batch_size)]  # as A1111: subseed + k
-        images = run.batch(seeds, job_no, run.noise_variation(seeds, subseeds))
-        if request.restore_faces and run.extras is not None:
-            job.text = f"Batch {job_no + 1} of {request.n_iter}, restoring faces"
-            images = [run.extras.restore_faces(image, request) for image in images]
-        for image, image_seed, image_subseed in zip(images, seeds, subseeds):
-            params = run.params(image_seed, image_subseed)
-            out.images.append(image)
-            out.seeds.append(image_seed)
-            out.subseeds.append(image_subseed)
-            out.params.append(params)
-            out.infotexts.append(format_infotext(run.prompt, run.negative_prompt, params))
+        for (prompt, negative), positions in groups[job_no]:
+            run.prompt, run.negative_prompt, run.image_offset = prompt, negative, positions[0]
+            part_seeds = [seeds[p] for p in positions]
+            part_subseeds = [subseeds[p] for p in positions]
+            images = run.batch(part_seeds, job_no, run.noise_variation(part_seeds, part_subseeds))
+            if request.restore_faces and run.extras is not None:
+                job.text = f"Batch {job_no + 1} of {request.n_iter}, restoring faces"
+                images = [run.extras.restore_faces(image, request) for image in images]
+            for image, image_seed, image_subseed in zip(images, part_seeds, part_subseeds):
+                params = run.params(image_seed, image_subseed)
+                image = _postprocess(run, image, image_seed, params)
+                out.images.append(image)
+                out.seeds.append(image_seed)
+                out.subseeds.append(image_subseed)
+                out.params.append(params)
+                out.prompts.append(prompt)
+                out.negative_prompts.append(negative)
+                out.infotexts.append(format_infotext(prompt, negative, params))
+            if job.interrupted:
+                break
         job.take_skip()
+    run.prompt, run.negative_prompt = run.base_prompts
     out.interrupted = job.interrupted
+    out.warnings = list(run.warnings)
     if run.control is not None:
         out.control_maps = list(run.control.maps_used)
     return out

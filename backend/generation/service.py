@@ -6,7 +6,6 @@ the images and builds A1111's `info`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,13 +14,16 @@ from PIL import Image
 
 from backend.control.library import ControlLibrary
 from backend.control.saving import save_control_maps
-from backend.extensions.api import Hooks
 from backend.devices import is_out_of_memory, release_cached_memory
+from backend.extensions.api import Hooks
+from backend.extensions.scripts import BUILTIN_SCRIPTS, StudioScriptRun, UnknownScriptError, save_grid_image
+from backend.extensions.specs import Script
 from backend.generation.img2img import run_img2img
 from backend.generation.job import JobControl
 from backend.generation.queue import DeviceQueue, InterruptedWhileQueued
 from backend.generation.request import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
-from backend.generation.sampling import VERSION, GenerationOutput
+from backend.generation.result import GenerationResult
+from backend.generation.sampling import VERSION, GenerationOutput, resolve_seed
 from backend.generation.tiling import seamless_tiling
 from backend.generation.txt2img import run_txt2img
 from backend.images.saving import FilenameTags, date_subdir, save_image
@@ -42,18 +44,6 @@ _BASE_PARAMS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Face 
                 "Clip skip", "Tiling", "Version"}
 
 
-@dataclass
-class GenerationResult:
-    images: list[Image.Image]
-    infotexts: list[str]
-    seeds: list[int]
-    paths: list[Path] = field(default_factory=list)  # saved files; empty when not saved
-    info: dict[str, Any] = field(default_factory=dict)  # A1111's `info` fields
-    interrupted: bool = False
-    warnings: list[str] = field(default_factory=list)  # said to the user: a LoRA that did not apply, ...
-    control_maps: list[Image.Image] = field(default_factory=list)  # ControlNet maps used (hidden by a setting)
-
-
 class GenerationService:
     def __init__(self, manager, options_store, styles, device_settings, *, root: Path | None = None,
                  networks: NetworkLibrary | None = None, control: ControlLibrary | None = None,
@@ -70,18 +60,73 @@ class GenerationService:
         self.queue = DeviceQueue(manager.device_lock)
 
     def txt2img(self, request: Txt2ImgRequest, job: JobControl | None = None) -> GenerationResult:
-        return self._generate(request, job, run_txt2img, "outdir_txt2img_samples")
+        return self._job(request, job)
 
     def img2img(self, request: Img2ImgRequest, job: JobControl | None = None) -> GenerationResult:
         """img2img, inpaint or outpaint, whichever the request's fields ask for."""
-        return self._generate(request, job, run_img2img, "outdir_img2img_samples")
+        return self._job(request, job)
 
-    def _generate(self, request: GenerationRequest, job: JobControl | None, runner,
-                  outdir_option: str) -> GenerationResult:
+    # --- scripts (the Script dropdown, the API's script_name) ---
+    def scripts(self, kind: str | None = None) -> list[Script]:
+        """The studio's own scripts, then the extensions'; with `kind`, those that serve txt2img / img2img."""
+        found = [*BUILTIN_SCRIPTS, *(script for _, script in self.hooks.scripts)]
+        return [s for s in found if kind is None or s.serves(kind)]
+
+    def find_script(self, title: str, kind: str) -> Script:
+        wanted = title.strip().lower()
+        for script in self.scripts(kind):
+            if script.title.lower() == wanted:
+                return script
+        known = ", ".join(s.title for s in self.scripts(kind)) or "none"
+        raise UnknownScriptError(f"{kind} has no script {title!r}; there are: {known}")
+
+    def _job(self, request: GenerationRequest, job: JobControl | None) -> GenerationResult:
+        job = job or JobControl()
+        if not request.script_name:
+            return self.generate_part(request, job, finish=True)
+        kind = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+        script = self.find_script(request.script_name, kind)
+        plain = request.model_copy(update={"script_name": None, "script_args": {}})
+        try:
+            result = script.run(StudioScriptRun(self, kind, job), plain, dict(request.script_args))
+        finally:
+            job.finish()
+        if not isinstance(result, GenerationResult):
+            raise TypeError(f"script {script.title!r} answered {type(result).__name__}, not a result")
+        return result
+
+    def generate_part(self, request: GenerationRequest, job: JobControl, finish: bool = False) -> GenerationResult:
+        """One job, as the UI and the API run it; a script runs its parts through here with finish=False."""
+        if isinstance(request, Img2ImgRequest):
+            return self._generate(request, job, run_img2img, "outdir_img2img_samples", finish)
+        return self._generate(request, job, run_txt2img, "outdir_txt2img_samples", finish)
+
+    def save_grid(self, image: Image.Image, infotext: str, kind: str) -> Path | None:
+        """A script's grid, where A1111 saves grids (outdir_txt2img_grids / outdir_img2img_grids)."""
+        options = self.options_store.options
+        kept = self.options_store.extra_options
+        if not kept.get("grid_save", True):
+            return None
+        folder = options.outdir_txt2img_grids if kind == "txt2img" else \
+            kept.get("outdir_img2img_grids") or "outputs/img2img-grids"
+        directory = Path(folder) if Path(folder).is_absolute() else self.root / folder
+        if kept.get("grid_save_to_dirs", True):
+            directory = date_subdir(directory)
+        return save_grid_image(image, infotext, directory, str(kept.get("grid_format") or "png"))
+
+    def _generate(self, request: GenerationRequest, job: JobControl | None, runner, outdir_option: str,
+                  finish: bool = True) -> GenerationResult:
         job = job or JobControl()
         options = self.options_store.options
         prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, request.styles)
         prompt, negative, hook_warnings = self.hooks.transform_prompts(prompt, negative, request)
+        image_prompts = None
+        if self.hooks.prompt_expanders:  # per-picture prompts need the seeds now, as the runner will use them
+            request = request.model_copy(update={"seed": resolve_seed(request.seed)})
+            seeds = [request.seed + k for k in range(request.n_iter * request.batch_size)]
+            prompts, negatives, expand_warnings = self.hooks.expand_prompts(prompt, negative, seeds, request)
+            hook_warnings += expand_warnings
+            image_prompts = {s: (p, n) for s, p, n in zip(seeds, prompts, negatives)}
         hook_warnings += self.hooks.run("before_job", request)
         job.preview_every_n_steps = options.show_progress_every_n_steps if options.live_previews_enable else 0
         started = datetime.now()
@@ -96,6 +141,7 @@ class GenerationService:
                     with seamless_tiling(tiled, enabled=request.tiling):  # this job only: undone on the way out
                         output = runner(loaded, request, job, device_settings=self.device_settings,
                                         prompt=prompt, negative_prompt=negative, control=plan, extras=self.extras,
+                                        hooks=self.hooks, image_prompts=image_prompts,
                                         **activation.runner_kwargs(self.networks.embeddings if self.networks else None))
                 finally:
                     if plan is not None:
@@ -119,11 +165,12 @@ class GenerationService:
                 f"out of memory on {self.device_settings.device} at {request.width}x{request.height}, batch size "
                 f"{request.batch_size}: try a smaller size or batch, or start with --medvram / --lowvram") from err
         finally:
-            job.finish()
+            if finish:
+                job.finish()
         result = GenerationResult(
             images=output.images, infotexts=output.infotexts, seeds=output.seeds, paths=paths,
             info=self._info(output, request, loaded, prompt, negative, started, self.extras),
-            interrupted=output.interrupted, warnings=hook_warnings + activation.warnings,
+            interrupted=output.interrupted, warnings=hook_warnings + activation.warnings + output.warnings,
             control_maps=[] if options.control_net_no_detectmap else list(output.control_maps),
         )
         result.warnings += self.hooks.run("after_job", request, result)
@@ -179,9 +226,9 @@ class GenerationService:
         # As A1111: `prompt` as typed, `all_prompts` with the styles applied.
         return {
             "prompt": request.prompt,
-            "all_prompts": [prompt] * count,
+            "all_prompts": list(output.prompts) or [prompt] * count,
             "negative_prompt": request.negative_prompt,
-            "all_negative_prompts": [negative] * count,
+            "all_negative_prompts": list(output.negative_prompts) or [negative] * count,
             "seed": output.seeds[0] if output.seeds else request.seed,
             "all_seeds": list(output.seeds),
             "subseed": output.subseeds[0] if output.subseeds else request.subseed,
