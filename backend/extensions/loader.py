@@ -78,7 +78,10 @@ def _load_one(record: ExtensionRecord, hooks: Hooks, reserved: Mapping[str, set[
     try:
         if not entry.is_file():
             raise FileNotFoundError(f"its entry module {manifest.entry} is missing")
-        spec = importlib.util.spec_from_file_location(module_name, entry)
+        # An entry named __init__.py makes the extension a package, so it can split itself into modules
+        # and import them relatively (`from . import grid`).
+        package = [str(entry.parent)] if entry.name == "__init__.py" else None
+        spec = importlib.util.spec_from_file_location(module_name, entry, submodule_search_locations=package)
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module  # so the extension's own relative imports and pickling work
         spec.loader.exec_module(module)
@@ -87,7 +90,8 @@ def _load_one(record: ExtensionRecord, hooks: Hooks, reserved: Mapping[str, set[
             raise AttributeError(f"{manifest.entry} defines no register(api)")
         register(ExtensionApi(manifest.id, own, reserved, taken=hooks, options=options))
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - listed; the studio starts anyway (even on sys.exit)
-        sys.modules.pop(module_name, None)
+        for name in [n for n in sys.modules if n == module_name or n.startswith(module_name + ".")]:
+            del sys.modules[name]
         record.status, record.error = FAILED, f"{type(exc).__name__}: {exc}"
         log.error("extension %s failed to load:\n%s", manifest.id, traceback.format_exc())
     else:
