@@ -14,6 +14,7 @@ from backend.devices import DeviceSettings
 from backend.extras.in_generation import GenerationExtras
 from backend.extras.library import ExtrasLibrary, ExtrasPaths
 from backend.extensions import Extensions, load_extensions
+from backend.extensions.studio import current_values, hand_over, reserved_names
 from backend.extras.service import ExtrasService
 from backend.generation.service import GenerationService
 from backend.interrogate import InterrogateService
@@ -105,7 +106,9 @@ def build_app_context(paths: AppPaths, device: DeviceSettings, command_flags: di
                              cache_size=options.options.control_net_model_cache_size)
     extras = ExtrasLibrary.build(paths.extras_paths(), device.device, device.dtype)
     disabled, disable_all = _disabled_extensions(options)
-    extensions = load_extensions(paths.extension_folders(), disabled=disabled, disable_all=disable_all)
+    extensions = load_extensions(paths.extension_folders(), disabled=disabled, disable_all=disable_all,
+                                 reserved=reserved_names(options, control), options=current_values(options))
+    hand_over(extensions.hooks, options, extras, control)
     service = GenerationService(manager, options, styles, device, root=paths.root, networks=networks, control=control,
                                 extras=GenerationExtras(extras, options), hooks=extensions.hooks)
     options.subscribe(lambda old, new: _apply_control_options(control, old, new))

@@ -188,6 +188,15 @@ class OptionsStore:
         """The extra keys (those the studio has no setting for) with their defaults."""
         return json.loads(json.dumps(self._extra_defaults))
 
+    def add_extra_defaults(self, defaults: Mapping[str, Any]) -> None:
+        """More extra keys with their defaults (extensions' settings): listed, read and set like A1111's."""
+        with self._lock:
+            for key, default in defaults.items():
+                if key in Options.model_fields or key in self._extra_defaults:
+                    raise ValueError(f"option {key!r} exists already")
+                self._extra_defaults[key] = json.loads(json.dumps(default))
+                self._key_order.append(key)
+
     @property
     def extra_options(self) -> dict[str, Any]:
         """Every extra key's current value: what config.json or update_extra() stored, else its default.

@@ -7,8 +7,9 @@ import logging
 import gradio as gr
 
 from backend.app_context import AppContext
-from ui.extensions_tab import build_extensions_tab
 from ui.errors import user_message
+from ui.extension_tabs import build_extension_tabs
+from ui.extensions_tab import build_extensions_tab
 from ui.extras import build_extras_tab
 from ui.img2img import build_img2img_tab
 from ui.png_info import build_png_info_tab
@@ -95,6 +96,7 @@ def build_ui(ctx: AppContext, allow_folders: bool = True) -> gr.Blocks:
                 build_settings_tab(ctx)
             with gr.Tab("Extensions", id="extensions"):
                 build_extensions_tab(ctx)
+            build_extension_tabs(ctx)
 
         wire_send_to(main_tabs, txt2img, img2img, png_info)
         extras.segment.send_inpaint.click(lambda value: (gr.Tabs(selected="img2img"), *send_segment_to_inpaint(value)),

@@ -13,27 +13,28 @@ from PIL import Image
 from backend.app_context import AppContext
 from backend.generation.img2img_batch import run_folder_batch
 from backend.generation.request import MASKED_CONTENT, Img2ImgRequest
+from backend.generation.service import GenerationResult
 from backend.images.loading import to_mask, to_rgb
 from backend.images.resize import RESIZE_MODES, size_by_factor
-from backend.generation.service import GenerationResult
 from ui.controlnet import ControlWidgets, build_control_accordions
 from ui.errors import user_message
 from ui.extra_networks import build_extra_networks
 from ui.interrogate import build_interrogate_button, caption_for
+from ui.scripts import build_extension_accordions, build_script_row
 from ui.segment import SegmentPanel, build_segment_panel, send_segment_to_inpaint
 from ui.session_jobs import SessionJobs
 from ui.widgets import (
     PromptRow,
     ResultWidgets,
+    SeedWidgets,
     build_batch_sliders,
     build_clip_skip,
-    build_restore_faces,
     build_prompt_row,
+    build_restore_faces,
     build_results,
     build_sampler_row,
     build_seed_row,
     build_tiling,
-    SeedWidgets,
     stream_job,
     wire_job_buttons,
 )
@@ -164,7 +165,8 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
             seeds = build_seed_row("img2img", last_seed)
             clip_skip = build_clip_skip(ctx, "img2img")
             control = build_control_accordions(ctx, "img2img", checkpoint, width, height)
-            sd_upscale = build_sd_upscale(ctx)
+            extension_controls = build_extension_accordions(ctx, "img2img")
+            script = build_script_row(ctx, "img2img")  # SD upscale is one of its entries
 
         with gr.Column(scale=1, elem_id="img2img_results"):
             results = build_results("img2img", last_seed)
@@ -179,14 +181,17 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
               upload_mask, outpaint_image, pad_left, pad_right, pad_up, pad_down, batch_input, batch_output,
               batch_masks, resize_mode, resize_by_tab, scale_by, mask_blur, mask_mode, masked_content,
               inpaint_area, padding, sampler, schedule, steps, cfg, denoise, width, height, *seeds.inputs,
-              batch_count, batch_size, clip_skip, restore_faces, tiling, *sd_upscale, *control.inputs]
+              batch_count, batch_size, clip_skip, restore_faces, tiling, *control.inputs, *extension_controls.inputs,
+              *script.inputs]
+    n_control, n_extension = len(control.inputs), extension_controls.count
 
     # `request` first: Gradio fills a gr.Request only among the leading positional parameters.
     def run(request: gr.Request, mode_name, checkpoint_title, prompt_text, negative_text, style_names, image, sketch_value,
             inpaint_value, up_image, up_mask, out_image, left, right, up, down, in_dir, out_dir, mask_dir,
             resize, resize_tab, factor, blur, mask_mode_name, content, area, pad, sampler_name, schedule_type,
             n_steps, cfg_scale, strength, w, h, seed_value, subseed, subseed_strength, resize_w, resize_h, n_iter,
-            n_batch, skip_layers, restore, tile, sdu_on, sdu_name, sdu_scale, sdu_overlap, *control_values):
+            n_batch, skip_layers, restore, tile, *more):
+        control_values, extension_values = more[:n_control], more[n_control:n_control + n_extension]
         skipped: list[tuple[str, str]] = []
         try:
             fields = dict(
@@ -200,8 +205,8 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                 inpaint_full_res_padding=int(pad), inpainting_mask_invert=mask_mode_name == "Inpaint not masked",
                 width=int(w), height=int(h), controlnet_units=control.units_from(list(control_values)),
                 restore_faces=bool(restore), tiling=bool(tile),
-                sd_upscale={"enabled": bool(sdu_on), "upscaler": sdu_name or "None", "scale_factor": float(sdu_scale),
-                            "overlap": int(sdu_overlap)})
+                **extension_controls.request_fields(list(extension_values)),
+                **script.request_fields(list(more[n_control + n_extension:])))
             if mode_name == "batch":
                 if not allow_folders:
                     raise ValueError("folder batches are turned off on this server")
@@ -249,19 +254,6 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
         seed=seeds.seed, batch_count=batch_count, batch_size=batch_size, clip_skip=clip_skip, resize_mode=resize_mode,
         mask_blur=mask_blur, mask_mode=mask_mode, masked_content=masked_content, inpaint_area=inpaint_area,
         padding=padding, restore_faces=restore_faces, segment=segment, control=control, seeds=seeds, tiling=tiling)
-
-
-def build_sd_upscale(ctx: AppContext) -> list:
-    """A1111's "SD upscale" script, as a mode until scripts exist: [enabled, upscaler, scale, overlap]."""
-    with gr.Accordion("SD upscale", open=False, elem_id="img2img_sd_upscale"):
-        gr.Markdown("Upscale the picture, then redraw it in tiles of Width x Height that overlap.")
-        enabled = gr.Checkbox(label="Enable", value=False, elem_id="img2img_sd_upscale_enable")
-        upscaler = gr.Dropdown(label="Upscaler", choices=ctx.extras.upscalers.names(), value="None",
-                               elem_id="img2img_sd_upscale_upscaler")
-        with gr.Row():
-            scale = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Scale Factor", elem_id="img2img_sd_upscale_scale")
-            overlap = gr.Slider(0, 256, value=64, step=16, label="Tile overlap", elem_id="img2img_sd_upscale_overlap")
-    return [enabled, upscaler, scale, overlap]
 
 
 def _need(image, what: str) -> Image.Image:

@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from backend.api.auth import parse_credentials
 from backend.api.controlnet_routes import create_controlnet_router
+from backend.api.extension_routes import create_extension_router
 from backend.api.routes import create_api_router
 from backend.api.sam_routes import sam_router
 from backend.app_context import AppContext, AppPaths, build_app_context
@@ -60,6 +61,7 @@ def build_http_app(ctx: AppContext, args: argparse.Namespace, ui_auth: list, api
         # sd-webui-segment-anything's routes; SAM runs on the device, so its calls wait their turn there.
         app.include_router(sam_router(ctx.extras.segment, api_auth, on_device=ctx.service.queue.on_device_now),
                            prefix="/sam")
+        app.include_router(create_extension_router(ctx.service.hooks, api_auth), prefix="/ext")
     if not args.nowebui:
         import gradio as gr
 

@@ -34,12 +34,13 @@ def _widget(name: str, field, value):
 KEPT_COLUMNS = ["option", "value", "A1111 default"]
 
 
-def kept_option_rows(store: OptionsStore) -> list[list[str]]:
+def kept_option_rows(store: OptionsStore, acted_on: frozenset[str] | set[str] = frozenset()) -> list[list[str]]:
     """The A1111 options the studio keeps (config.json, POST /sdapi/v1/options) but does not act on, one row
-    each, values as JSON; changed ones first, so what a client set is not lost among ~300 defaults."""
+    each, values as JSON; changed ones first, so what a client set is not lost among ~300 defaults.
+    `acted_on`: extra keys that are settings of extensions (they have sections of their own)."""
     defaults = store.extra_defaults
     rows = [[key, json.dumps(value, ensure_ascii=False), json.dumps(defaults[key], ensure_ascii=False)]
-            for key, value in store.extra_options.items() if key not in HTML_OPTIONS]
+            for key, value in store.extra_options.items() if key not in HTML_OPTIONS and key not in acted_on]
     return sorted(rows, key=lambda row: row[1] == row[2])
 
 
@@ -51,10 +52,11 @@ def build_settings_tab(ctx: AppContext) -> None:
         reload = gr.Button("Reload from config.json", elem_id="settings_reload")
     result = gr.Markdown(elem_id="settings_result")
     widgets = [_widget(n, Options.model_fields[n], getattr(current, n)) for n in names]
+    own = build_extension_settings(ctx)
     with gr.Accordion("A1111 options kept but not acted on", open=False, elem_id="settings_a1111_kept") as kept_box:
         gr.Markdown("A1111 clients read and set these through `/sdapi/v1/options`; the studio stores them in "
                     "config.json and answers them back, but nothing here uses them.")
-        kept = gr.Dataframe(value=kept_option_rows(ctx.options), headers=KEPT_COLUMNS, interactive=False,
+        kept = gr.Dataframe(value=kept_option_rows(ctx.options, own), headers=KEPT_COLUMNS, interactive=False,
                             wrap=True, elem_id="settings_a1111_kept_table")
 
     def save(*values):
@@ -73,8 +75,51 @@ def build_settings_tab(ctx: AppContext) -> None:
 
     def load():
         opts = ctx.options.load()
-        return [getattr(opts, n) for n in names] + [kept_option_rows(ctx.options)]
+        return [getattr(opts, n) for n in names] + [kept_option_rows(ctx.options, own)]
 
     apply.click(save, inputs=widgets, outputs=result)
     reload.click(load, outputs=[*widgets, kept])
-    kept_box.expand(lambda: kept_option_rows(ctx.options), outputs=kept)  # API clients may have set some since
+    kept_box.expand(lambda: kept_option_rows(ctx.options, own), outputs=kept)  # API clients may have set some since
+
+
+def _setting_widget(setting, value):
+    label = setting.label or setting.key
+    if setting.kind == "checkbox":
+        return gr.Checkbox(label=label, value=bool(value))
+    if setting.kind in ("dropdown", "multiselect"):
+        return gr.Dropdown(label=label, choices=list(setting.choices), value=value,
+                           multiselect=setting.kind == "multiselect")
+    if setting.kind in ("number", "slider"):
+        return gr.Number(label=label, value=value)
+    return gr.Textbox(label=label, value="" if value is None else str(value), lines=4 if setting.kind == "textarea" else 1)
+
+
+def build_extension_settings(ctx: AppContext) -> set[str]:
+    """A section per extension with settings, each saved on its own; returns the keys shown."""
+    by_extension: dict[str, list] = {}
+    for ext_id, setting in ctx.service.hooks.settings:
+        by_extension.setdefault(ext_id, []).append(setting)
+    values = ctx.options.extra_options
+    for ext_id, settings in by_extension.items():
+        with gr.Accordion(f"Extension: {ext_id}", open=False, elem_id=f"settings_ext_{ext_id}"):
+            inputs = [_setting_widget(s, values.get(s.key, s.default)) for s in settings]
+            apply = gr.Button("Apply", elem_id=f"settings_ext_{ext_id}_apply")
+            said = gr.Markdown()
+
+            def save(*new, settings=settings):
+                changes = {s.key: _typed(v, s.default) for s, v in zip(settings, new)}
+                try:
+                    ctx.options.update_extra(changes)
+                except Exception as exc:
+                    return f"Not saved: {user_message(exc)}"
+                return f"Saved {len(changes)} setting(s)."
+
+            apply.click(save, inputs=inputs, outputs=said)
+    return {s.key for _, s in ctx.service.hooks.settings}
+
+
+def _typed(value, default):
+    """A Number widget answers floats: an int setting stays an int."""
+    if isinstance(default, bool) or not isinstance(default, int) or not isinstance(value, float):
+        return value
+    return int(value)

@@ -14,19 +14,20 @@ from backend.generation.request import HIRES_UPSCALERS, Txt2ImgRequest
 from ui.controlnet import ControlWidgets, build_control_accordions
 from ui.errors import user_message
 from ui.extra_networks import build_extra_networks
+from ui.scripts import build_extension_accordions, build_script_row
 from ui.session_jobs import SessionJobs
 from ui.widgets import (
     PromptRow,
     ResultWidgets,
+    SeedWidgets,
     build_batch_sliders,
     build_clip_skip,
-    build_restore_faces,
     build_prompt_row,
+    build_restore_faces,
     build_results,
     build_sampler_row,
     build_seed_row,
     build_tiling,
-    SeedWidgets,
     stream_job,
     wire_job_buttons,
 )
@@ -114,6 +115,8 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
             seeds = build_seed_row("txt2img", last_seed)
             clip_skip = build_clip_skip(ctx, "txt2img")
             control = build_control_accordions(ctx, "txt2img", checkpoint, width, height)
+            extension_controls = build_extension_accordions(ctx, "txt2img")
+            script = build_script_row(ctx, "txt2img")
 
         with gr.Column(scale=1, elem_id="txt2img_results"):
             results = build_results("txt2img", last_seed)
@@ -122,12 +125,15 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                          scale=hr_scale, resize_x=hr_resize_x, resize_y=hr_resize_y)
     inputs = [checkpoint, row.prompt, row.negative, row.styles, sampler, schedule, steps, cfg, width, height,
               *seeds.inputs, batch_count, batch_size, clip_skip, hr_enabled, hr_upscaler, hr_scale, hr_resize_x,
-              hr_resize_y, hr_steps, hr_denoise, restore_faces, tiling, *control.inputs]
+              hr_resize_y, hr_steps, hr_denoise, restore_faces, tiling, *control.inputs, *extension_controls.inputs,
+              *script.inputs]
+    n_control, n_extension = len(control.inputs), extension_controls.count
 
     # `request` first: Gradio fills a gr.Request only among the leading positional parameters.
     def run(request: gr.Request, checkpoint_title, prompt_text, negative_text, style_names, sampler_name, schedule_type, n_steps,
             cfg_scale, w, h, seed_value, subseed, subseed_strength, resize_w, resize_h, n_iter, n_batch,
-            skip_layers, hr_on, hr_up, hr_by, hr_x, hr_y, hr_n, hr_strength, restore, tile, *control_values):
+            skip_layers, hr_on, hr_up, hr_by, hr_x, hr_y, hr_n, hr_strength, restore, tile, *more):
+        control_values, extension_values = more[:n_control], more[n_control:n_control + n_extension]
         try:
             req = Txt2ImgRequest(
                 prompt=prompt_text or "", negative_prompt=negative_text or "", styles=style_names or [],
@@ -139,7 +145,9 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                 hires={"enabled": bool(hr_on), "upscaler": hr_up, "upscale_by": float(hr_by),
                        "resize_x": int(hr_x), "resize_y": int(hr_y), "steps": int(hr_n),
                        "denoising_strength": float(hr_strength)},
-                controlnet_units=control.units_from(list(control_values)))
+                controlnet_units=control.units_from(list(control_values)),
+                **extension_controls.request_fields(list(extension_values)),
+                **script.request_fields(list(more[n_control + n_extension:])))
         except Exception as exc:  # validation: say which field is wrong
             raise gr.Error(user_message(exc)) from None
         yield from stream_job(ctx, jobs, request.session_hash, "txt2img", lambda job: ctx.service.txt2img(req, job))

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from backend.api.errors import ApiError, not_available, not_implemented
 from backend.control.units import ControlUnit
+from backend.extensions.scripts import StudioChoices
 from backend.networks.hypernetworks import hypernetwork_files
 
 REALESRGAN_FAMILY = "RealESRGAN"
@@ -107,8 +108,14 @@ def add_a1111_routes(router: APIRouter, ctx: Any) -> None:
     @router.get("/script-info", response_model=list[ScriptInfo])
     def script_info() -> list[ScriptInfo]:
         """As A1111: each script once per tab it is on, txt2img's first; the same scripts as GET /scripts."""
-        return [_controlnet_info(ctx, is_img2img=False), _controlnet_info(ctx, is_img2img=True),
-                _sd_upscale_info(ctx.extras.upscalers.names())]
+        infos = []
+        for kind in ("txt2img", "img2img"):
+            img2img = kind == "img2img"
+            infos += [_script_info(ctx, script, img2img) for script in ctx.service.scripts(kind)]
+            infos.append(_controlnet_info(ctx, is_img2img=img2img))
+            infos += [_controls_info(ctx, controls, img2img) for _, controls in ctx.service.hooks.controls
+                      if kind in controls.tabs]
+        return infos
 
     for route, hint in _TRAINING_ROUTES.items():
         router.add_api_route(route, _refusal(hint), methods=["POST"], name=route.strip("/").replace("/", "_"))
@@ -145,6 +152,25 @@ def _controlnet_info(ctx: Any, is_img2img: bool) -> ScriptInfo:
     count = ctx.options.options.control_net_unit_count
     return ScriptInfo(name="controlnet", is_alwayson=True, is_img2img=is_img2img,
                       args=[ScriptArg(label=f"ControlNet Unit {i}", value=dict(unit)) for i in range(count)])
+
+
+def _args_info(ctx: Any, args) -> list[ScriptArg]:
+    studio = StudioChoices(ctx.service)
+    return [ScriptArg(label=a.label, value=a.default, minimum=a.minimum, maximum=a.maximum, step=a.step,
+                      choices=a.choices_for(studio) or None) for a in args]
+
+
+def _script_info(ctx: Any, script, is_img2img: bool) -> ScriptInfo:
+    """A Script-dropdown entry, its args in the order script_args takes them."""
+    if script.title.lower() == "sd upscale":  # A1111's own labels and info text
+        return _sd_upscale_info(ctx.extras.upscalers.names())
+    return ScriptInfo(name=script.title.lower(), is_alwayson=False, is_img2img=is_img2img,
+                      args=_args_info(ctx, script.args))
+
+
+def _controls_info(ctx: Any, controls, is_img2img: bool) -> ScriptInfo:
+    return ScriptInfo(name=controls.title.lower(), is_alwayson=True, is_img2img=is_img2img,
+                      args=_args_info(ctx, controls.args))
 
 
 def _sd_upscale_info(upscaler_names: list[str]) -> ScriptInfo:

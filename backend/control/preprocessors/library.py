@@ -44,6 +44,15 @@ class PreprocessorLibrary:
         # networks keep state between calls (DPT's hooks write activations into a dict): one run at a time
         self._run_lock = threading.Lock()
 
+    def add_entry(self, entry: Entry) -> None:
+        """An extension's preprocessor, after the built-ins; a name (or alias) already known is refused."""
+        names = [entry.spec.name, *entry.spec.aliases]
+        if any(n.lower() in self._by_name for n in names):
+            raise ValueError(f"preprocessor {entry.spec.name!r} is taken")
+        self._entries.append(entry)
+        for name in names:
+            self._by_name[name.lower()] = entry
+
     # --- what exists ---
     def specs(self) -> list[PreprocessorSpec]:
         return [e.spec for e in self._entries]

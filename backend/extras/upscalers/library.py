@@ -46,6 +46,13 @@ class UpscalerLibrary:
         self._files: list[found.UpscalerFile] | None = None
         self._facts: dict[_Key, _Facts] = {}
         self._models: OrderedDict[_Key, tuple[found.UpscalerFile, object, torch.dtype]] = OrderedDict()
+        self._from_extensions: dict[str, object] = {}  # name -> an extension's Upscaler (upscale, scale)
+
+    def add_extension_upscaler(self, upscaler) -> None:
+        """An extension's upscaler (backend/extensions/specs.py Upscaler), listed after the built-ins."""
+        if upscaler.name in found.BUILTIN_UPSCALERS or upscaler.name in self._from_extensions:
+            raise UpscaleError(f"upscaler {upscaler.name!r} is taken")
+        self._from_extensions[upscaler.name] = upscaler
 
     # ----- listing -------------------------------------------------------------------------------------
 
@@ -60,7 +67,7 @@ class UpscalerLibrary:
 
     def names(self) -> list[str]:
         """"None", "Lanczos", "Nearest", then every usable file by name (A1111 sorts them ignoring case)."""
-        return list(found.BUILTIN_UPSCALERS) + [f.name for f, _ in self._usable()]
+        return [*found.BUILTIN_UPSCALERS, *self._from_extensions, *(f.name for f, _ in self._usable())]
 
     def entries(self, family: str | None = None) -> list[dict]:
         """A1111's GET /sdapi/v1/upscalers items; with `family` ("RealESRGAN", ...), only the files found in
@@ -69,7 +76,9 @@ class UpscalerLibrary:
                     for n in found.BUILTIN_UPSCALERS]  # A1111 reports its default 4 for these
         files = [{"name": f.name, "model_name": f.stem, "model_path": str(f.path), "model_url": None,
                   "scale": facts.scale} for f, facts in self._usable() if family in (None, f.family)]
-        return files if family else builtins + files
+        extension = [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": u.scale}
+                     for n, u in self._from_extensions.items()]
+        return files if family else builtins + extension + files
 
     def unusable(self) -> list[dict]:
         """Files in the folders that cannot serve as upscalers, each with the reason."""
@@ -80,6 +89,8 @@ class UpscalerLibrary:
         """The scale the model itself declares (not the one its name suggests); None for the built-ins."""
         if name in found.BUILTIN_UPSCALERS:
             return None
+        if name in self._from_extensions:
+            return self._from_extensions[name].scale
         file = self._find(name)
         facts = self._facts_of(file)
         if facts.error:
@@ -115,6 +126,8 @@ class UpscalerLibrary:
             return image.copy()
         if name in _RESAMPLE:
             return self._resize(image, _RESAMPLE[name], scale, size, crop)
+        if name in self._from_extensions:
+            return self._extension_upscale(self._from_extensions[name], image, scale, size, crop)
         file = self._find(name)
         if scale is not None or size is not None:  # refuse an impossible size before reading the model
             cover, final = resize_plan(image.width, image.height, scale=scale, size=size, crop=crop)
@@ -126,6 +139,18 @@ class UpscalerLibrary:
         return upscale_with_model(model, image, scale=scale, size=size, crop=crop, tile=tile,
                                   tile_overlap=tile_overlap, device=self._device, dtype=dtype,
                                   progress=progress, should_stop=should_stop)
+
+    def _extension_upscale(self, upscaler, image: Image.Image, scale, size, crop) -> Image.Image:
+        """The extension's own upscale at its scale, then Lanczos to the size asked for (as for a model)."""
+        if scale is None and size is None:
+            scale = upscaler.scale
+        cover, final = resize_plan(image.width, image.height, scale=scale, size=size, crop=crop)
+        check_output_size(*cover)
+        check_output_size(*final)
+        out = upscaler.upscale(image, float(scale or upscaler.scale))
+        if not isinstance(out, Image.Image):
+            raise UpscaleError(f"upscaler {upscaler.name!r} gave {type(out).__name__}, not a picture")
+        return out if out.size == final else self._resize(out, _RESAMPLE["Lanczos"], None, final, crop)
 
     @staticmethod
     def _resize(image, resample, scale, size, crop) -> Image.Image:
