@@ -67,7 +67,11 @@ def test_listing_and_maintenance_routes_answer_in_a1111_shapes(app_context, clie
     assert [m["name"] for m in client.get(f"{API}/latent-upscale-modes").json()] == [
         "Latent", "Latent (nearest)", "Latent (bicubic)"]
     assert {r["name"] for r in client.get(f"{API}/face-restorers").json()} == {"CodeFormer", "GFPGAN"}
-    assert client.get(f"{API}/scripts").json() == {"txt2img": ["controlnet"], "img2img": ["sd upscale", "controlnet"]}
+    # The shipped extensions' scripts, then the always-on ones, lower-case as A1111 lists them.
+    scripts = client.get(f"{API}/scripts").json()
+    assert scripts["txt2img"] == ["prompts from file or textbox", "x/y/z plot", "controlnet", "dynamic prompts"]
+    assert scripts["img2img"] == ["sd upscale", "prompts from file or textbox", "x/y/z plot", "controlnet",
+                                  "dynamic prompts"]
     memory = client.get(f"{API}/memory").json()
     assert memory["ram"]["total"] > memory["ram"]["free"] > 0
 

@@ -200,5 +200,5 @@ def test_api_img2img_sd_upscale_script_with_an_upscaler_index(client):
     assert params["SD upscale upscaler"] == "x4-compact" and params["SD upscale overlap"] == "16"
     bad = client.post(f"{API}/img2img", json={**payload, "script_args": ["", 16, 99, 2]})
     assert bad.status_code == 422 and "script_args.2" in bad.json()["detail"]
-    other = client.post(f"{API}/img2img", json={**payload, "script_name": "X/Y/Z plot"})
+    other = client.post(f"{API}/img2img", json={**payload, "script_name": "No such script"})
     assert other.status_code == 422 and "script_name" in other.json()["detail"]

@@ -25,7 +25,8 @@ def arg_component(arg: Arg, studio: StudioChoices, elem_id: str):
         choices = arg.choices_for(studio)
         multi = kind == "multiselect"
         value = arg.default if arg.default is not None else ([] if multi else (choices[0] if choices else None))
-        return gr.Dropdown(label=label, choices=choices, value=value, multiselect=multi, allow_custom_value=not multi,
+        return gr.Dropdown(label=label, choices=choices, value=value, multiselect=multi,
+                           allow_custom_value=True,  # the script checks; an empty list must not fail
                            elem_id=elem_id)
     if kind == "slider":
         return gr.Slider(arg.minimum or 0, arg.maximum or 100, value=arg.default, step=arg.step or 1, label=label,

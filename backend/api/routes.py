@@ -45,6 +45,7 @@ from backend.api.schemas import (
     TextToImageResponse,
 )
 from backend.devices import memory_report
+from backend.extensions.installer import git_info
 from backend.generation.request import LATENT_UPSCALERS
 from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, sampler_aliases
 from backend.images.infotext import parse_infotext, read_infotext
@@ -289,11 +290,16 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
 
     @router.get("/extensions")
     def extensions() -> list[dict[str, Any]]:
-        """A1111's shape; git details (branch, commit) are not read yet: null."""
+        """A1111's shape; branch and commit are read from an installed extension's own git checkout."""
         found = ctx.extensions.records if getattr(ctx, "extensions", None) else []
-        return [{"name": r.id, "remote": r.manifest.url if r.manifest else None, "branch": None,
-                 "commit_hash": None, "version": r.manifest.version if r.manifest else None,
-                 "commit_date": None, "enabled": r.enabled} for r in found]
+        listed = []
+        for r in found:
+            git = git_info(r.folder)
+            listed.append({"name": r.id, "remote": git.remote or (r.manifest.url if r.manifest else None),
+                           "branch": git.branch, "commit_hash": git.commit_hash,
+                           "version": r.manifest.version if r.manifest else None, "commit_date": git.commit_date,
+                           "enabled": r.enabled})
+        return listed
 
     @router.post("/unload-checkpoint")
     def unload_checkpoint() -> None:
