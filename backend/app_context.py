@@ -11,10 +11,10 @@ from typing import Any
 
 from backend.control.library import ControlLibrary, ControlPaths
 from backend.devices import DeviceSettings
+from backend.extensions import Extensions, load_extensions
+from backend.extensions.studio import current_values, hand_over, reserved_names, sampler_catalog
 from backend.extras.in_generation import GenerationExtras
 from backend.extras.library import ExtrasLibrary, ExtrasPaths
-from backend.extensions import Extensions, load_extensions
-from backend.extensions.studio import current_values, hand_over, reserved_names
 from backend.extras.service import ExtrasService
 from backend.generation.service import GenerationService
 from backend.interrogate import InterrogateService
@@ -110,7 +110,8 @@ def build_app_context(paths: AppPaths, device: DeviceSettings, command_flags: di
                                  reserved=reserved_names(options, control), options=current_values(options))
     hand_over(extensions.hooks, options, extras, control)
     service = GenerationService(manager, options, styles, device, root=paths.root, networks=networks, control=control,
-                                extras=GenerationExtras(extras, options), hooks=extensions.hooks)
+                                extras=GenerationExtras(extras, options), hooks=extensions.hooks,
+                                samplers=sampler_catalog(extensions.hooks))
     options.subscribe(lambda old, new: _apply_control_options(control, old, new))
     return AppContext(root=paths.root, options=options, styles=styles, manager=manager, service=service, device=device,
                       networks=networks, control=control, extras=extras, extras_service=ExtrasService(extras, service),

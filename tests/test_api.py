@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from backend.api import convert
 from backend.api.routes import create_api_router
 from backend.api.schemas import StableDiffusionTxt2ImgProcessingAPI as ApiTxt2Img
-from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, schedule_types_for
+from backend.generation.samplers import BUILTIN_SAMPLERS, SAMPLER_NAMES, SCHEDULE_TYPES, schedule_types_for
 from backend.settings import Options
 
 
@@ -214,6 +214,7 @@ def test_png_keeps_the_infotext_chunk():
 
 class _FailingService:
     calls = 0
+    samplers = BUILTIN_SAMPLERS
 
     def txt2img(self, request, job=None):
         self.calls += 1
@@ -271,6 +272,8 @@ def test_generation_runs_off_the_event_loop():
     release = threading.Event()
 
     class SlowService:
+        samplers = BUILTIN_SAMPLERS
+
         def txt2img(self, request, job=None):
             assert release.wait(10)
             image = Image.new("RGB", (8, 8))

@@ -60,6 +60,44 @@ def test_a_name_the_studio_has_is_refused_by_name(ctx):
     assert ctx.extras.upscalers.names().count("Lanczos") == 1
 
 
+def test_an_extension_sampler_runs_in_jobs_and_through_the_api_and_cannot_replace_a_built_in(ctx, client):
+    from diffusers import DDPMScheduler
+    from pydantic import ValidationError
+
+    from backend.generation.samplers import EulerAncestralSigmasScheduler
+
+    records = {r.id: r for r in ctx.extensions.records}
+    assert records["sampler_thief"].status == "failed"
+    assert "'Euler a' is built into the studio" in records["sampler_thief"].error
+    assert ctx.service.samplers.spec("Euler a").scheduler_cls is EulerAncestralSigmasScheduler
+    with pytest.raises(ValidationError, match="unknown sampler 'DDPM'"):
+        Txt2ImgRequest(**{**JOB, "sampler_name": "DDPM"})  # without the studio's context: the built-ins only
+    request = Txt2ImgRequest.model_validate({**JOB, "sampler_name": "DDPM"}, context=ctx.service.request_context)
+    seen = demo()
+    seen["steps"].clear()
+    result = ctx.service.txt2img(request)
+    expected = DDPMScheduler.from_config(ctx.manager.load("sd1.safetensors").pipe.scheduler.config)
+    expected.set_timesteps(2)
+    assert [s[3] for s in seen["steps"]] == expected.timesteps.tolist()  # the UNet was stepped by DDPM
+    assert "Sampler: DDPM," in result.infotexts[0]
+    euler = ctx.service.txt2img(Txt2ImgRequest(**JOB))
+    assert not np.array_equal(pixels(result.images[0]), pixels(euler.images[0]))
+    with pytest.raises(ValidationError, match="cannot use schedule type 'Karras'"):
+        Txt2ImgRequest.model_validate({**JOB, "sampler_name": "DDPM", "scheduler": "Karras"},
+                                      context=ctx.service.request_context)
+
+    listed = {s["name"]: s["aliases"] for s in client.get("/sdapi/v1/samplers").json()}
+    assert listed["DDPM"] == ["ddpm_demo"] and list(listed)[-1] == "DDPM"
+    body = {"prompt": "a red ball", "width": 64, "height": 64, "steps": 2, "seed": 11, "sampler_name": "ddpm_demo",
+            "override_settings": {"sd_model_checkpoint": "sd1.safetensors"}, "save_images": False}
+    ran = client.post("/sdapi/v1/txt2img", json=body)
+    assert ran.status_code == 200, ran.text
+    image = Image.open(io.BytesIO(base64.b64decode(ran.json()["images"][0])))
+    assert "Sampler: DDPM," in image.info["parameters"]
+    assert np.array_equal(pixels(image), pixels(result.images[0]))
+    assert client.post("/sdapi/v1/txt2img", json={**body, "sampler_name": "Nope"}).status_code == 422
+
+
 def test_step_callback_postprocess_and_accordion_args_in_a_real_job(ctx):
     seen = demo()
     seen["steps"].clear()
@@ -126,6 +164,8 @@ def test_the_ui_has_the_tab_the_accordion_the_script_and_the_settings_section(ct
             "txt2img_script_two_seeds"} <= ids
     script = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "txt2img_script")
     assert [choice[0] for choice in script["props"]["choices"]] == ["None", "Two seeds"]
+    sampling = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "txt2img_sampling")
+    assert [choice[0] for choice in sampling["props"]["choices"]][-2:] == ["LCM", "DDPM"]
 
 
 def _studio_imports(path: Path) -> set[str]:

@@ -220,7 +220,8 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                     fields["outpaint"] = {"left": int(left), "right": int(right), "up": int(up), "down": int(down)}
                     if not any(fields["outpaint"].values()):
                         raise ValueError("choose how many pixels to add on at least one side")
-                req = Img2ImgRequest(**fields, init_images=[picture], mask=mask)
+                req = Img2ImgRequest.model_validate({**fields, "init_images": [picture], "mask": mask},
+                                                    context=ctx.service.request_context)
                 generate = lambda job: ctx.service.img2img(req, job)  # noqa: E731
         except Exception as exc:  # validation: say which field is wrong
             raise gr.Error(user_message(exc)) from None

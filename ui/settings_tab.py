@@ -16,12 +16,12 @@ from ui.errors import user_message
 HIDDEN = {"sd_model_checkpoint"}
 
 
-def _widget(name: str, field, value):
+def _widget(name: str, field, value, sampler_names=SAMPLER_NAMES):
     label = name.replace("_", " ")
     info = field.description
     annotation = field.annotation
     if name == "default_sampler":
-        return gr.Dropdown(label=label, info=info, choices=list(SAMPLER_NAMES), value=value)
+        return gr.Dropdown(label=label, info=info, choices=list(sampler_names), value=value)
     if typing.get_origin(annotation) is typing.Literal:
         return gr.Dropdown(label=label, info=info, choices=list(typing.get_args(annotation)), value=value)
     if annotation is bool:
@@ -51,7 +51,8 @@ def build_settings_tab(ctx: AppContext) -> None:
         apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
         reload = gr.Button("Reload from config.json", elem_id="settings_reload")
     result = gr.Markdown(elem_id="settings_result")
-    widgets = [_widget(n, Options.model_fields[n], getattr(current, n)) for n in names]
+    samplers = ctx.service.samplers.names()
+    widgets = [_widget(n, Options.model_fields[n], getattr(current, n), samplers) for n in names]
     own = build_extension_settings(ctx)
     with gr.Accordion("A1111 options kept but not acted on", open=False, elem_id="settings_a1111_kept") as kept_box:
         gr.Markdown("A1111 clients read and set these through `/sdapi/v1/options`; the studio stores them in "

@@ -135,7 +135,7 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
             skip_layers, hr_on, hr_up, hr_by, hr_x, hr_y, hr_n, hr_strength, restore, tile, *more):
         control_values, extension_values = more[:n_control], more[n_control:n_control + n_extension]
         try:
-            req = Txt2ImgRequest(
+            req = Txt2ImgRequest.model_validate(dict(
                 prompt=prompt_text or "", negative_prompt=negative_text or "", styles=style_names or [],
                 sampler_name=sampler_name, scheduler=schedule_type, steps=int(n_steps), cfg_scale=float(cfg_scale),
                 width=int(w), height=int(h),
@@ -147,7 +147,8 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                        "denoising_strength": float(hr_strength)},
                 controlnet_units=control.units_from(list(control_values)),
                 **extension_controls.request_fields(list(extension_values)),
-                **script.request_fields(list(more[n_control + n_extension:])))
+                **script.request_fields(list(more[n_control + n_extension:]))),
+                context=ctx.service.request_context)  # the studio's samplers, extensions' among them
         except Exception as exc:  # validation: say which field is wrong
             raise gr.Error(user_message(exc)) from None
         yield from stream_job(ctx, jobs, request.session_hash, "txt2img", lambda job: ctx.service.txt2img(req, job))

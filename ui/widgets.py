@@ -16,7 +16,7 @@ import gradio as gr
 
 from backend.app_context import AppContext
 from backend.generation.job import JobControl
-from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
+from backend.generation.samplers import SCHEDULE_TYPES
 from backend.generation.service import GenerationResult
 from ui.errors import user_message
 from ui.progress import progress_html
@@ -87,7 +87,7 @@ def build_prompt_row(ctx: AppContext, tab: str) -> PromptRow:
 
 def build_sampler_row(ctx: AppContext, tab: str) -> tuple[gr.Dropdown, gr.Dropdown, gr.Slider]:
     with gr.Row():
-        sampler = gr.Dropdown(label="Sampling method", choices=list(SAMPLER_NAMES),
+        sampler = gr.Dropdown(label="Sampling method", choices=list(ctx.service.samplers.names()),
                               value=ctx.options.options.default_sampler, elem_id=f"{tab}_sampling")
         schedule = gr.Dropdown(label="Schedule type", choices=list(SCHEDULE_TYPES), value="Automatic",
                                elem_id=f"{tab}_scheduler")

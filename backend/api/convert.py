@@ -29,14 +29,7 @@ from backend.api.schemas import StableDiffusionTxt2ImgProcessingAPI as ApiTxt2Im
 from backend.api.schemas import _ProcessingAPI as ApiProcessing
 from backend.api.script_args import ScriptArgsError, extension_fields, script_fields
 from backend.generation.request import MASKED_CONTENT, HiresFix, Img2ImgRequest, Txt2ImgRequest
-from backend.generation.samplers import (
-    SAMPLER_NAMES,
-    SCHEDULE_TYPES,
-    effective_schedule,
-    resolve_sampler_name,
-    resolve_schedule_type,
-    split_legacy_sampler_name,
-)
+from backend.generation.samplers import BUILTIN_SAMPLERS, SCHEDULE_TYPES, SamplerCatalog, resolve_schedule_type
 from backend.images.infotext import parse_infotext
 from backend.images.loading import (
     ImageInputError,
@@ -82,9 +75,14 @@ def resolve_scheduler(name: str | None) -> str:
         return name  # Txt2ImgRequest's validator names the field and lists the choices
 
 
-def _sampler(name: str) -> str:
+def _samplers(catalog) -> SamplerCatalog:
+    """The studio's samplers (the extensions' among them); without a catalog, the built-in table."""
+    return catalog.samplers if catalog is not None else BUILTIN_SAMPLERS
+
+
+def _sampler(name: str, samplers: SamplerCatalog) -> str:
     try:
-        return resolve_sampler_name(name)
+        return samplers.resolve(name)
     except (KeyError, ValueError):
         return name  # Txt2ImgRequest's validator names the field and lists the choices
 
@@ -123,7 +121,7 @@ _HIRES_SAME = {
 SD_UPSCALE = "sd upscale"
 
 
-def _refusals(req: ApiProcessing, sampler: str, scheduler: str) -> list[tuple[str, str]]:
+def _refusals(req: ApiProcessing, sampler: str, scheduler: str, samplers: SamplerCatalog) -> list[tuple[str, str]]:
     unsupported = _UNSUPPORTED | (_UNSUPPORTED_IMG2IMG if isinstance(req, ApiImg2Img) else _UNSUPPORTED_TXT2IMG)
     problems = [(f, why) for f, (ok, why) in unsupported.items() if not ok(getattr(req, f))]
     if req.disable_extra_networks and "<" in req.prompt + req.negative_prompt:
@@ -134,7 +132,7 @@ def _refusals(req: ApiProcessing, sampler: str, scheduler: str) -> list[tuple[st
         same = {
             "hr_checkpoint_name": req.hr_checkpoint_name in (None, "", _HIRES_SAME["hr_checkpoint_name"]),
             "hr_sampler_name": req.hr_sampler_name in (None, "", _HIRES_SAME["hr_sampler_name"])
-            or _sampler(req.hr_sampler_name) == sampler,
+            or _sampler(req.hr_sampler_name, samplers) == sampler,
             "hr_scheduler": req.hr_scheduler in (None, "", _HIRES_SAME["hr_scheduler"])
             or resolve_scheduler(req.hr_scheduler) == scheduler,
             "hr_prompt": req.hr_prompt in ("", req.prompt),
@@ -277,20 +275,21 @@ def _shared_fields(req: ApiProcessing, options: Options, catalog=None) -> dict[s
     """Our request fields common to txt2img and img2img; raises ApiFieldError for refused ones.
 
     `catalog` (the generation service) knows the scripts and the extensions' always-on accordions."""
+    samplers = _samplers(catalog)
     sampler_name = req.sampler_name or req.sampler_index
-    sampler = _sampler(sampler_name)
+    sampler = _sampler(sampler_name, samplers)
     scheduler = resolve_scheduler(req.scheduler)
-    _, legacy_schedule = split_legacy_sampler_name(sampler_name)  # "DPM++ 2M Karras", pre-1.9 style
+    _, legacy_schedule = samplers.split_legacy_name(sampler_name)  # "DPM++ 2M Karras", pre-1.9 style
     if legacy_schedule and scheduler == "Automatic":
         scheduler = legacy_schedule
-    problems = _refusals(req, sampler, scheduler)
+    problems = _refusals(req, sampler, scheduler, samplers)
     overridden, override_problems = _overrides(req.override_settings, options)
     problems += override_problems
     scripted, script_problems = _script_fields(req, catalog, "img2img" if isinstance(req, ApiImg2Img) else "txt2img")
     problems += script_problems
-    if sampler in SAMPLER_NAMES and scheduler in SCHEDULE_TYPES:
+    if samplers.knows(sampler) and scheduler in SCHEDULE_TYPES:
         try:
-            effective_schedule(sampler, scheduler)
+            samplers.effective_schedule(sampler, scheduler)
         except ValueError as err:  # e.g. "Euler a" has no Karras schedule
             problems.append(("scheduler", str(err)))
     units = []
@@ -322,9 +321,9 @@ def _shared_fields(req: ApiProcessing, options: Options, catalog=None) -> dict[s
     return fields
 
 
-def _validate(model: type, fields: dict[str, Any], req: ApiProcessing):
+def _validate(model: type, fields: dict[str, Any], req: ApiProcessing, catalog=None):
     try:
-        return model.model_validate(fields)
+        return model.model_validate(fields, context={"samplers": _samplers(catalog)})
     except ValidationError as err:
         raise ApiFieldError(_validation_problems(err, req)) from err
 
@@ -345,7 +344,7 @@ def to_txt2img_request(req: ApiTxt2Img, options: Options, catalog=None) -> Txt2I
         )
     else:
         fields["hires"] = HiresFix()
-    return _validate(Txt2ImgRequest, fields, req)
+    return _validate(Txt2ImgRequest, fields, req, catalog)
 
 
 def _choice(field: str, value: int, choices: tuple[str, ...]) -> str:
@@ -407,7 +406,7 @@ def to_img2img_request(req: ApiImg2Img, options: Options, upscaler_names: list[s
     )
     if (req.script_name or "").strip().lower() == SD_UPSCALE:
         fields["sd_upscale"] = _sd_upscale(req, upscaler_names or ["None", "Lanczos", "Nearest"])
-    return _validate(Img2ImgRequest, fields, req)
+    return _validate(Img2ImgRequest, fields, req, catalog)
 
 
 # --- results --------------------------------------------------------------

@@ -47,7 +47,7 @@ from backend.api.schemas import (
 from backend.devices import memory_report
 from backend.extensions.installer import git_info
 from backend.generation.request import LATENT_UPSCALERS
-from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, sampler_aliases
+from backend.generation.samplers import SCHEDULE_TYPES
 from backend.images.infotext import parse_infotext, read_infotext
 from backend.images.loading import ImageInputError, decode_base64_mask
 from backend.models.errors import CheckpointLoadError, UnknownCheckpointError
@@ -355,8 +355,8 @@ def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRo
 
     @router.get("/samplers", response_model=list[SamplerItem])
     def samplers() -> list[SamplerItem]:
-        # Aliases stay empty until samplers.py offers a public way to read them.
-        return [SamplerItem(name=name, aliases=sampler_aliases(name), options={}) for name in SAMPLER_NAMES]
+        samplers = ctx.service.samplers  # the built-ins, then the extensions'
+        return [SamplerItem(name=name, aliases=samplers.aliases(name), options={}) for name in samplers.names()]
 
     @router.get("/schedulers", response_model=list[SchedulerItem])
     def schedulers() -> list[SchedulerItem]:

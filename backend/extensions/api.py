@@ -3,7 +3,7 @@ an extension may use (the types it needs are re-exported here). Versioned semant
 new hook is a minor version, a changed or removed one a major version; an extension declares the range it
 works with in its manifest. docs/extensions.md documents every hook with an example.
 
-Hooks of API 1.1:
+Hooks of API 1.2 (1.2 added `add_sampler`):
 - `transform_prompt(fn)`: `fn(prompt, negative, request) -> (prompt, negative)`, on the job's texts (styles
   applied) before they are parsed.
 - `expand_prompts(fn)`: `fn(prompts, negatives, seeds, request) -> (prompts, negatives)`, one text per
@@ -14,7 +14,7 @@ Hooks of API 1.1:
 - `add_script(Script)`: an entry of the Script dropdown (and the API's script_name) that runs a whole job.
 - `add_controls(Controls)`: an accordion on txt2img / img2img; values arrive in `extension_args(request)`.
 - `add_tab(Tab)`, `add_setting(Setting)` (read with `option(key)`), `add_route(Route)` (under /ext/<id>/),
-  `add_upscaler(Upscaler)`, `add_preprocessor(...)`.
+  `add_upscaler(Upscaler)`, `add_preprocessor(...)`, `add_sampler(Sampler)` (its name and aliases).
 An extension cannot take a name the studio or an earlier extension has (a tab, a setting, a script...):
 the call raises NameTakenError, so the extension fails to load with that reason.
 """
@@ -31,6 +31,7 @@ from backend.extensions.specs import (
     Controls,
     ImageToPostprocess,
     Route,
+    Sampler,
     Script,
     ScriptRun,
     Setting,
@@ -38,11 +39,12 @@ from backend.extensions.specs import (
     Tab,
     Upscaler,
 )
+from backend.generation.samplers import SCHEDULE_TYPES
 
-API_VERSION = "1.1.0"
+API_VERSION = "1.2.0"
 
 __all__ = ["API_VERSION", "Arg", "Choices", "Controls", "ExtensionApi", "Hooks", "ImageToPostprocess",
-           "NameTakenError", "Route", "Script", "ScriptRun", "Setting", "StepInfo", "Tab", "Upscaler"]
+           "NameTakenError", "Route", "Sampler", "Script", "ScriptRun", "Setting", "StepInfo", "Tab", "Upscaler"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class Hooks:
     routes: list[tuple[str, Route]] = field(default_factory=list)
     upscalers: list[tuple[str, Upscaler]] = field(default_factory=list)
     preprocessors: list[tuple[str, Any]] = field(default_factory=list)  # (ext id, control Entry)
+    samplers: list[tuple[str, Sampler]] = field(default_factory=list)
 
     def merge(self, other: "Hooks") -> None:
         """Add `other`'s hooks after these (an extension's, once its register() returned)."""
@@ -80,7 +83,8 @@ class Hooks:
 
     def names(self, which: str) -> set[str]:
         """The lower-case names taken in one kind of registration (tabs, settings, scripts, ...)."""
-        return {_name_of(item).lower() for _, item in getattr(self, which)}
+        return {name.lower() for _, item in getattr(self, which)
+                for name in (_name_of(item), *getattr(item, "aliases", ()))}
 
     def transform_prompts(self, prompt: str, negative: str, request) -> tuple[str, str, list[str]]:
         """The texts after every transformer, and a warning per transformer that failed (it is skipped)."""
@@ -216,6 +220,17 @@ class ExtensionApi:
                                 category=category)
         self._check_free("preprocessors", name)
         self._hooks.preprocessors.append((self.ext_id, Entry(spec, lambda job, pixels, a, b: run(pixels, a, b))))
+
+    def add_sampler(self, sampler: Sampler) -> Sampler:
+        """A sampler of the Sampling method dropdown, the API's sampler_name and X/Y/Z's Sampler axis."""
+        if not (isinstance(sampler.scheduler_class, type) and hasattr(sampler.scheduler_class, "from_config")):
+            raise TypeError(f"sampler {sampler.name!r}: scheduler_class must be a diffusers scheduler class")
+        unknown = [t for t in sampler.schedule_types if t not in SCHEDULE_TYPES]
+        if unknown or not sampler.schedule_types:
+            raise ValueError(f"sampler {sampler.name!r}: schedule types must be some of {', '.join(SCHEDULE_TYPES)}")
+        for name in sampler.aliases:  # an alias must be as free as the name
+            self._check_free("samplers", name)
+        return self._add("samplers", sampler)
 
     # --- settings ---
     def setting_key(self, key: str) -> str:

@@ -17,7 +17,7 @@ from backend.extensions.specs import Arg, Script
 from backend.generation.job import JobControl
 from backend.generation.request import HIRES_UPSCALERS
 from backend.generation.result import GenerationResult
-from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
+from backend.generation.samplers import SCHEDULE_TYPES
 from backend.images.saving import FilenameTags, save_image
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class StudioChoices:
         lists = {
             "checkpoints": lambda: [c.title for c in service.manager.checkpoints() if c.error is None],
             "vaes": lambda: service.networks.vaes.choices() if service.networks else ["Automatic", "None"],
-            "samplers": lambda: list(SAMPLER_NAMES),
+            "samplers": lambda: list(service.samplers.names()),
             "schedule types": lambda: list(SCHEDULE_TYPES),
             "upscalers": lambda: list(upscalers),
             "hires upscalers": lambda: [*HIRES_UPSCALERS, *(n for n in upscalers if n not in ("None", *HIRES_UPSCALERS))],
@@ -71,7 +71,7 @@ class StudioScriptRun(StudioChoices):
             if name not in data:
                 raise ValueError(f"a request has no field {name!r}")
             data[name] = value
-        return type(request).model_validate(data)
+        return type(request).model_validate(data, context=self._service.request_context)
 
     def progress(self, done: int, total: int, text: str = "") -> None:
         self.job.begin_part(done, total, text)

@@ -19,24 +19,59 @@ JobKind = Literal["txt2img", "img2img"]
 class Arg:
     """One input of a script or of an extension's accordion: how the UI shows it and its default.
 
-    `choices` may be a callable taking the studio's `Choices`, for lists that change (checkpoints, ...).
+    `choices` is a list, or a callable for lists that change: `choices(studio)` gets the studio's `Choices`
+    (checkpoints, ...). `visible` is a bool, or a callable taking the same arguments.
+
+    `depends_on` names other args of the same script (or accordion) that this one follows: their current
+    values are passed to the callables after `studio`, in that order, and the UI asks again whenever one of
+    them changes (X/Y/Z plot: the values dropdown offers the samplers once "Sampler" is the axis type, and
+    hides when the axis has no list). A value not among the new choices is dropped. Where the values are not
+    known (the API's script-info) each is None.
     """
 
     name: str
     label: str
     kind: ArgKind = "text"
     default: Any = None
-    choices: Sequence[str] | Callable[["Choices"], Sequence[str]] = ()
+    choices: Sequence[str] | Callable[..., Sequence[str]] = ()
     minimum: float | None = None
     maximum: float | None = None
     step: float | None = None
+    depends_on: str | tuple[str, ...] = ()  # a name or names; kept as a tuple
+    visible: bool | Callable[..., bool] = True
 
-    def choices_for(self, studio: "Choices") -> list[str]:
-        return list(self.choices(studio) if callable(self.choices) else self.choices)
+    def __post_init__(self) -> None:
+        names = (self.depends_on,) if isinstance(self.depends_on, str) else tuple(self.depends_on)
+        if self.name in names:
+            raise ValueError(f"arg {self.name!r} cannot depend on itself")
+        object.__setattr__(self, "depends_on", names)
+
+    def _given(self, values: Sequence[Any]) -> list[Any]:
+        wanted = len(self.depends_on)
+        return [*values[:wanted], *[None] * (wanted - len(values))]
+
+    def choices_for(self, studio: "Choices", *values: Any) -> list[str]:
+        """What the dropdown offers; `values`: those of `depends_on` now, in its order (None where missing)."""
+        if not callable(self.choices):
+            return list(self.choices)
+        return list(self.choices(studio, *self._given(values)) or ())
+
+    def visible_for(self, studio: "Choices", *values: Any) -> bool:
+        return bool(self.visible(studio, *self._given(values)) if callable(self.visible) else self.visible)
+
+
+def check_dependencies(args: Sequence[Arg]) -> None:
+    """Refuse a `depends_on` that names no arg of the same set: it would never update."""
+    names = {arg.name for arg in args}
+    for arg in args:
+        missing = [name for name in arg.depends_on if name not in names]
+        if missing:
+            raise ValueError(f"arg {arg.name!r} depends on {', '.join(map(repr, missing))}, which is not among "
+                             f"its script's args ({', '.join(sorted(names))})")
 
 
 class Choices(Protocol):
-    """What a dropdown may offer, as the studio knows it now."""
+    """What a dropdown may offer, as the studio knows it now (the `studio` an Arg's callables get)."""
 
     def choices(self, what: str) -> list[str]:
         """`what`: checkpoints, vaes, samplers, schedule types, hires upscalers, upscalers, styles."""
@@ -150,3 +185,15 @@ class Upscaler:
     name: str
     upscale: Callable[[Image.Image, float], Image.Image]
     scale: float = 4.0
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler of the Sampling method dropdown: a diffusers scheduler class and the options it is built
+    with (on top of the model's own noise schedule: betas, prediction type, timestep spacing)."""
+
+    name: str
+    scheduler_class: type  # a diffusers SchedulerMixin subclass; built with from_config
+    options: dict[str, Any] = field(default_factory=dict)
+    schedule_types: tuple[str, ...] = ("Automatic",)  # of "Automatic", "Uniform", "Karras", "Exponential", ...
+    aliases: tuple[str, ...] = ()

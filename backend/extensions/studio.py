@@ -8,6 +8,7 @@ from backend.extensions.api import Hooks
 from backend.extensions.scripts import BUILTIN_SCRIPTS
 from backend.extras.upscalers.files import BUILTIN_UPSCALERS
 from backend.generation.request import LATENT_UPSCALERS
+from backend.generation.samplers import BUILTIN_SAMPLERS, SamplerCatalog, SamplerSpec
 
 # The studio's own tabs and accordions (ui/app.py, ui/txt2img.py, ui/img2img.py).
 STUDIO_TABS = ("txt2img", "img2img", "Extras", "PNG Info", "Settings", "Extensions")
@@ -24,6 +25,7 @@ def reserved_names(options, control) -> dict[str, set[str]]:
         # The files of models/ESRGAN... are not read here (a slow start); an extension's name wins over theirs.
         "upscalers": set(BUILTIN_UPSCALERS) | set(LATENT_UPSCALERS),
         "preprocessors": {n for spec in control.preprocessors.specs() for n in (spec.name, *spec.aliases)},
+        "samplers": {n for spec in BUILTIN_SAMPLERS.specs for n in (spec.name, *spec.aliases)},
     }
 
 
@@ -34,6 +36,13 @@ def hand_over(hooks: Hooks, options, extras, control) -> None:
         extras.upscalers.add_extension_upscaler(upscaler)
     for _, entry in hooks.preprocessors:
         control.preprocessors.add_entry(entry)
+
+
+def sampler_catalog(hooks: Hooks) -> SamplerCatalog:
+    """The studio's samplers: the built-in table, then the extensions' (their names were checked free)."""
+    return BUILTIN_SAMPLERS.with_extra(tuple(
+        SamplerSpec(s.name, s.scheduler_class, dict(s.options), tuple(s.schedule_types), aliases=tuple(s.aliases))
+        for _, s in hooks.samplers))
 
 
 def current_values(options) -> Any:

@@ -253,7 +253,7 @@ def run_img2img(loaded: LoadedCheckpoint, request: Img2ImgRequest, job: JobContr
     `prompt`/`negative_prompt` are the final texts (styles already applied).
     The caller calls `job.finish()`.
     """
-    check_can_sample(loaded, request, "img2img", networks.get("extras"))
+    check_can_sample(loaded, request, "img2img", networks.get("extras"), networks.get("samplers"))
 
     def run_plain(req: Img2ImgRequest, job: JobControl) -> GenerationOutput:
         return run_batches(_Img2ImgRun(loaded, req, job, device_settings, prompt, negative_prompt, **networks), job)

@@ -80,8 +80,9 @@ def run_folder_batch(service: GenerationService, fields: dict[str, Any], input_d
         except ImageInputError as err:
             out.skipped.append((path.name, str(err)))
             continue
-        request = Img2ImgRequest(**fields, init_images=[image], mask=mask,
-                                 save_images=fields.get("save_images", True) and target is None)
+        request = Img2ImgRequest.model_validate(
+            {**fields, "init_images": [image], "mask": mask,
+             "save_images": fields.get("save_images", True) and target is None}, context=service.request_context)
         try:
             result: GenerationResult = service.img2img(request, job)
         except EmptyMaskError as err:

@@ -10,10 +10,10 @@ import math
 from typing import Any, Literal
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from backend.control.units import MAX_UNITS, ControlUnit
-from backend.generation.samplers import SAMPLER_NAMES, SCHEDULE_TYPES, effective_schedule
+from backend.generation.samplers import BUILTIN_SAMPLERS, SCHEDULE_TYPES, SamplerCatalog
 from backend.images.resize import ResizeMode
 
 MIN_SIZE = 64
@@ -25,6 +25,12 @@ MAX_BATCH_COUNT = 100
 LATENT_UPSCALERS = ("Latent", "Latent (nearest)", "Latent (bicubic)")
 # Besides these, hires. fix takes any upscaler of models/ESRGAN etc. by name (checked when the job starts).
 HIRES_UPSCALERS: tuple[str, ...] = (*LATENT_UPSCALERS, "Lanczos", "Nearest")
+
+
+def samplers_of(info: ValidationInfo) -> SamplerCatalog:
+    """The samplers a request is checked against: the studio's own (built-ins and extensions'), passed as
+    `model_validate(data, context=service.request_context)`; without a context, the built-in table."""
+    return (info.context or {}).get("samplers") or BUILTIN_SAMPLERS
 
 
 def _check_size(name: str, value: int) -> int:
@@ -119,9 +125,10 @@ class GenerationRequest(BaseModel):
 
     @field_validator("sampler_name")
     @classmethod
-    def _known_sampler(cls, value: str) -> str:
-        if value not in SAMPLER_NAMES:
-            raise ValueError(f"unknown sampler {value!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
+    def _known_sampler(cls, value: str, info: ValidationInfo) -> str:
+        samplers = samplers_of(info)
+        if not samplers.knows(value):
+            raise ValueError(f"unknown sampler {value!r}; choose one of: {', '.join(samplers.names())}")
         return value
 
     @field_validator("scheduler")
@@ -132,8 +139,8 @@ class GenerationRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _sampler_schedule(self) -> "GenerationRequest":
-        effective_schedule(self.sampler_name, self.scheduler)  # e.g. "Euler a" has no Karras
+    def _sampler_schedule(self, info: ValidationInfo) -> "GenerationRequest":
+        samplers_of(info).effective_schedule(self.sampler_name, self.scheduler)  # e.g. "Euler a" has no Karras
         return self
 
 

@@ -164,45 +164,11 @@ _SPECS: tuple[SamplerSpec, ...] = (
     SamplerSpec("LCM", LCMScheduler, schedules=(AUTOMATIC,)),
 )
 
-_BY_NAME: dict[str, SamplerSpec] = {spec.name: spec for spec in _SPECS}
-SAMPLER_NAMES: tuple[str, ...] = tuple(spec.name for spec in _SPECS)
-
-_ALIASES: dict[str, str] = {}
-for _spec in _SPECS:
-    for _alias in (_spec.name, *_spec.aliases):
-        _ALIASES[_alias.lower()] = _spec.name
-
 # A1111's API and settings also use lower-case schedule keys.
 _SCHEDULE_ALIASES: dict[str, str] = {
     **{label.lower(): label for label in SCHEDULE_TYPES},
     "sgm_uniform": SGM_UNIFORM,
 }
-
-
-def resolve_sampler_name(name: str) -> str:
-    """Canonical sampler name for a name or A1111 alias ("k_euler_a", "Euler A")."""
-    key = name.strip().lower()
-    if key in _ALIASES:
-        return _ALIASES[key]
-    sampler, _ = split_legacy_sampler_name(name)
-    if sampler != name:
-        return sampler
-    raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
-
-
-def split_legacy_sampler_name(name: str) -> tuple[str, str | None]:
-    """Split an old combined name ("DPM++ 2M Karras") into (sampler, schedule type).
-
-    Before A1111 1.9 the schedule was part of the sampler name; infotexts and API
-    clients from that time still send such names. Unknown names come back as is.
-    """
-    text = name.strip()
-    for suffix in (KARRAS, EXPONENTIAL, SGM_UNIFORM):
-        if text.lower().endswith(" " + suffix.lower()):
-            base = text[: -len(suffix)].strip().lower()
-            if base in _ALIASES:
-                return _ALIASES[base], suffix
-    return name, None
 
 
 def resolve_schedule_type(name: str) -> str:
@@ -213,43 +179,114 @@ def resolve_schedule_type(name: str) -> str:
     raise ValueError(f"unknown schedule type {name!r}; choose one of: {', '.join(SCHEDULE_TYPES)}")
 
 
-def _spec(sampler_name: str) -> SamplerSpec:
-    return _BY_NAME[resolve_sampler_name(sampler_name)]
+class SamplerCatalog:
+    """The samplers one studio offers: the built-in table, plus those extensions add (`with_extra`).
 
-
-def sampler_aliases(sampler_name: str) -> list[str]:
-    """The other names A1111 accepts for a sampler (k-diffusion's function names)."""
-    return list(_spec(sampler_name).aliases)
-
-
-def schedule_types_for(sampler_name: str) -> list[str]:
-    """The schedule types this sampler can honour, "Automatic" first."""
-    return list(_spec(sampler_name).schedules)
-
-
-def effective_schedule(sampler_name: str, schedule_type: str) -> str | None:
-    """What a schedule type means for a sampler: "Automatic" resolved.
-
-    None means the model's own timestep spacing. Raises ValueError for a
-    combination the sampler cannot do.
+    Immutable: the studio builds its own at start and hands it to whatever validates or runs requests.
     """
-    spec = _spec(sampler_name)
-    schedule = resolve_schedule_type(schedule_type)
-    if schedule not in spec.schedules:
-        raise ValueError(
-            f"sampler {spec.name!r} cannot use schedule type {schedule!r}; "
-            f"it supports: {', '.join(spec.schedules)}"
-        )
-    return spec.automatic if schedule == AUTOMATIC else schedule
 
+    def __init__(self, specs: tuple[SamplerSpec, ...]) -> None:
+        self.specs = specs
+        self._by_name = {spec.name: spec for spec in specs}
+        self._aliases: dict[str, str] = {}
+        for spec in specs:
+            for alias in (spec.name, *spec.aliases):
+                self._aliases.setdefault(alias.lower(), spec.name)
 
-def scheduler_label(sampler_name: str, schedule_type: str) -> str:
-    """The "Schedule type" value for infotext, as requested ("Automatic" stays).
+    def with_extra(self, specs: tuple[SamplerSpec, ...]) -> "SamplerCatalog":
+        for spec in specs:
+            taken = [n for n in (spec.name, *spec.aliases) if n.lower() in self._aliases]
+            if taken:
+                raise ValueError(f"sampler name {taken[0]!r} is taken")
+        return SamplerCatalog(self.specs + tuple(specs))
 
-    Validates the pair, so an infotext never names a combination we did not run.
-    """
-    effective_schedule(sampler_name, schedule_type)
-    return resolve_schedule_type(schedule_type)
+    def names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.specs)
+
+    def knows(self, name: str) -> bool:
+        return name in self._by_name
+
+    def resolve(self, name: str) -> str:
+        """Canonical sampler name for a name or A1111 alias ("k_euler_a", "Euler A")."""
+        key = name.strip().lower()
+        if key in self._aliases:
+            return self._aliases[key]
+        sampler, _ = self.split_legacy_name(name)
+        if sampler != name:
+            return sampler
+        raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(self.names())}")
+
+    def split_legacy_name(self, name: str) -> tuple[str, str | None]:
+        """Split an old combined name ("DPM++ 2M Karras") into (sampler, schedule type).
+
+        Before A1111 1.9 the schedule was part of the sampler name; infotexts and API
+        clients from that time still send such names. Unknown names come back as is.
+        """
+        text = name.strip()
+        for suffix in (KARRAS, EXPONENTIAL, SGM_UNIFORM):
+            if text.lower().endswith(" " + suffix.lower()):
+                base = text[: -len(suffix)].strip().lower()
+                if base in self._aliases:
+                    return self._aliases[base], suffix
+        return name, None
+
+    def spec(self, name: str) -> SamplerSpec:
+        return self._by_name[self.resolve(name)]
+
+    def aliases(self, name: str) -> list[str]:
+        """The other names A1111 accepts for a sampler (k-diffusion's function names)."""
+        return list(self.spec(name).aliases)
+
+    def schedule_types_for(self, name: str) -> list[str]:
+        """The schedule types this sampler can honour, "Automatic" first."""
+        return list(self.spec(name).schedules)
+
+    def effective_schedule(self, name: str, schedule_type: str) -> str | None:
+        """What a schedule type means for a sampler: "Automatic" resolved.
+
+        None means the model's own timestep spacing. Raises ValueError for a
+        combination the sampler cannot do.
+        """
+        spec = self.spec(name)
+        schedule = resolve_schedule_type(schedule_type)
+        if schedule not in spec.schedules:
+            raise ValueError(
+                f"sampler {spec.name!r} cannot use schedule type {schedule!r}; "
+                f"it supports: {', '.join(spec.schedules)}"
+            )
+        return spec.automatic if schedule == AUTOMATIC else schedule
+
+    def scheduler_label(self, name: str, schedule_type: str) -> str:
+        """The "Schedule type" value for infotext, as requested ("Automatic" stays).
+
+        Validates the pair, so an infotext never names a combination we did not run.
+        """
+        self.effective_schedule(name, schedule_type)
+        return resolve_schedule_type(schedule_type)
+
+    def make_scheduler(self, name: str, schedule_type: str, base_config: Mapping[str, Any],
+                       prediction_type: str | None = None):
+        """A new scheduler instance for this sampler and schedule type.
+
+        `base_config` is the checkpoint's scheduler config (`pipe.scheduler.config`);
+        its noise schedule (betas, prediction type, timestep spacing) is kept.
+        `prediction_type` overrides the config's when the model's detected variant
+        knows better (e.g. SD2 768-v). Raises ValueError for an unknown sampler or a
+        schedule type the sampler cannot do.
+        """
+        spec = self.spec(name)
+        schedule = self.effective_schedule(spec.name, schedule_type)
+        cls = spec.scheduler_cls
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+        config: dict[str, Any] = dict(_MODEL_DEFAULTS)
+        config.update({k: base_config[k] for k in _MODEL_KEYS if k in base_config})
+        if prediction_type:
+            config["prediction_type"] = prediction_type
+        config.update(spec.options)
+        config.update(_schedule_flags(schedule, accepted))
+        # Drop what this class does not take (e.g. LMS has no rescale_betas_zero_snr).
+        return cls.from_config({k: v for k, v in config.items() if k in accepted})
 
 
 def _schedule_flags(schedule: str | None, accepted: set[str]) -> dict[str, Any]:
@@ -268,26 +305,13 @@ def _schedule_flags(schedule: str | None, accepted: set[str]) -> dict[str, Any]:
     return flags
 
 
-def make_scheduler(sampler_name: str, schedule_type: str, base_config: Mapping[str, Any],
-                   prediction_type: str | None = None):
-    """A new scheduler instance for this sampler and schedule type.
-
-    `base_config` is the checkpoint's scheduler config (`pipe.scheduler.config`);
-    its noise schedule (betas, prediction type, timestep spacing) is kept.
-    `prediction_type` overrides the config's when the model's detected variant
-    knows better (e.g. SD2 768-v). Raises ValueError for an unknown sampler or a
-    schedule type the sampler cannot do.
-    """
-    spec = _spec(sampler_name)
-    schedule = effective_schedule(spec.name, schedule_type)
-    cls = spec.scheduler_cls
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-
-    config: dict[str, Any] = dict(_MODEL_DEFAULTS)
-    config.update({k: base_config[k] for k in _MODEL_KEYS if k in base_config})
-    if prediction_type:
-        config["prediction_type"] = prediction_type
-    config.update(spec.options)
-    config.update(_schedule_flags(schedule, accepted))
-    # Drop what this class does not take (e.g. LMS has no rescale_betas_zero_snr).
-    return cls.from_config({k: v for k, v in config.items() if k in accepted})
+# The built-in table, and its methods under the names the rest of the studio has always used.
+BUILTIN_SAMPLERS = SamplerCatalog(_SPECS)
+SAMPLER_NAMES: tuple[str, ...] = BUILTIN_SAMPLERS.names()
+resolve_sampler_name = BUILTIN_SAMPLERS.resolve
+split_legacy_sampler_name = BUILTIN_SAMPLERS.split_legacy_name
+sampler_aliases = BUILTIN_SAMPLERS.aliases
+schedule_types_for = BUILTIN_SAMPLERS.schedule_types_for
+effective_schedule = BUILTIN_SAMPLERS.effective_schedule
+scheduler_label = BUILTIN_SAMPLERS.scheduler_label
+make_scheduler = BUILTIN_SAMPLERS.make_scheduler

@@ -35,7 +35,7 @@ from backend.extensions.specs import ImageToPostprocess, StepInfo
 from backend.generation.job import JobControl
 from backend.generation.preview import latents_to_preview
 from backend.generation.request import GenerationRequest
-from backend.generation.samplers import make_scheduler, scheduler_label
+from backend.generation.samplers import BUILTIN_SAMPLERS, SamplerCatalog
 from backend.generation.variation import NoiseVariation, resolve_subseed, with_variation
 from backend.images.infotext import format_infotext
 from backend.models.types import LoadedCheckpoint
@@ -147,8 +147,10 @@ class SamplingRun:
                  device_settings, prompt: str, negative_prompt: str, embeddings: EmbeddingStore | None = None,
                  network_params: dict[str, object] | None = None, vae=None, vae_params: dict | None = None,
                  control: ControlPlan | None = None, extras: GenerationExtras | None = None,
-                 hooks: Hooks | None = None, image_prompts: dict[int, tuple[str, str]] | None = None):
+                 hooks: Hooks | None = None, image_prompts: dict[int, tuple[str, str]] | None = None,
+                 samplers: SamplerCatalog | None = None):
         self.loaded, self.request, self.job = loaded, request, job
+        self.samplers = samplers or BUILTIN_SAMPLERS  # the studio's samplers, extensions' among them
         self.hooks = hooks  # extensions' per-step callbacks and postprocessing
         # Each picture's own (prompt, negative) by its seed (dynamic prompts); None: all use `prompt`.
         self.image_prompts = image_prompts
@@ -217,8 +219,8 @@ class SamplingRun:
         return pipe
 
     def scheduler(self):
-        return make_scheduler(self.request.sampler_name, self.request.scheduler,
-                              self.loaded.pipe.scheduler.config, self.loaded.variant.prediction_type)
+        return self.samplers.make_scheduler(self.request.sampler_name, self.request.scheduler,
+                                            self.loaded.pipe.scheduler.config, self.loaded.variant.prediction_type)
 
     def generators(self, seeds: list[int]) -> list[torch.Generator]:
         return [torch.Generator(self.generator_device).manual_seed(s) for s in seeds]
@@ -261,7 +263,7 @@ class SamplingRun:
         params: dict[str, object] = {
             "Steps": req.steps,
             "Sampler": req.sampler_name,
-            "Schedule type": scheduler_label(req.sampler_name, req.scheduler),
+            "Schedule type": self.samplers.scheduler_label(req.sampler_name, req.scheduler),
             "CFG scale": req.cfg_scale,
             "Seed": seed,
             "Face restoration": self.extras.face_restorer(req) if req.restore_faces and self.extras else None,
@@ -294,7 +296,7 @@ class SamplingRun:
 
 
 def check_can_sample(loaded: LoadedCheckpoint, request: GenerationRequest, task: str,
-                     extras: GenerationExtras | None = None) -> None:
+                     extras: GenerationExtras | None = None, samplers: SamplerCatalog | None = None) -> None:
     """Refuse, before any work, a model, sampler, upscaler or face restorer this runner cannot use."""
     if request.restore_faces:
         if extras is None:
@@ -305,7 +307,7 @@ def check_can_sample(loaded: LoadedCheckpoint, request: GenerationRequest, task:
     channels = loaded.pipe.unet.config.in_channels
     if channels not in (4, 9):
         raise ValueError(f"{loaded.info.name}: a UNet with {channels} input channels cannot do {task}")
-    make_scheduler(request.sampler_name, request.scheduler, loaded.pipe.scheduler.config)
+    (samplers or BUILTIN_SAMPLERS).make_scheduler(request.sampler_name, request.scheduler, loaded.pipe.scheduler.config)
 
 
 def _prompt_groups(run: SamplingRun, seeds: list[int]) -> list[tuple[tuple[str, str], list[int]]]:

@@ -23,6 +23,7 @@ from backend.generation.job import JobControl
 from backend.generation.queue import DeviceQueue, InterruptedWhileQueued
 from backend.generation.request import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from backend.generation.result import GenerationResult
+from backend.generation.samplers import BUILTIN_SAMPLERS, SamplerCatalog
 from backend.generation.sampling import VERSION, GenerationOutput, resolve_seed
 from backend.generation.tiling import seamless_tiling
 from backend.generation.txt2img import run_txt2img
@@ -47,9 +48,11 @@ _BASE_PARAMS = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Face 
 class GenerationService:
     def __init__(self, manager, options_store, styles, device_settings, *, root: Path | None = None,
                  networks: NetworkLibrary | None = None, control: ControlLibrary | None = None,
-                 extras: GenerationExtras | None = None, hooks: Hooks | None = None):
+                 extras: GenerationExtras | None = None, hooks: Hooks | None = None,
+                 samplers: SamplerCatalog | None = None):
         self.manager = manager
         self.hooks = hooks or Hooks()  # extensions' prompt transformers and before / after job hooks
+        self.samplers = samplers or BUILTIN_SAMPLERS  # the built-in table and the extensions' samplers
         self.extras = extras  # model upscalers for hires. fix and "Restore faces"
         self.networks = networks
         self.control = control
@@ -65,6 +68,11 @@ class GenerationService:
     def img2img(self, request: Img2ImgRequest, job: JobControl | None = None) -> GenerationResult:
         """img2img, inpaint or outpaint, whichever the request's fields ask for."""
         return self._job(request, job)
+
+    @property
+    def request_context(self) -> dict:
+        """What requests are validated against here: `Txt2ImgRequest.model_validate(data, context=...)`."""
+        return {"samplers": self.samplers}
 
     # --- scripts (the Script dropdown, the API's script_name) ---
     def scripts(self, kind: str | None = None) -> list[Script]:
@@ -141,7 +149,7 @@ class GenerationService:
                     with seamless_tiling(tiled, enabled=request.tiling):  # this job only: undone on the way out
                         output = runner(loaded, request, job, device_settings=self.device_settings,
                                         prompt=prompt, negative_prompt=negative, control=plan, extras=self.extras,
-                                        hooks=self.hooks, image_prompts=image_prompts,
+                                        hooks=self.hooks, image_prompts=image_prompts, samplers=self.samplers,
                                         **activation.runner_kwargs(self.networks.embeddings if self.networks else None))
                 finally:
                     if plan is not None:

@@ -114,7 +114,7 @@ def run_txt2img(loaded: LoadedCheckpoint, request: Txt2ImgRequest, job: JobContr
     `prompt`/`negative_prompt` are the final texts (styles already applied).
     The caller calls `job.finish()`.
     """
-    check_can_sample(loaded, request, "text-to-image", networks.get("extras"))
+    check_can_sample(loaded, request, "text-to-image", networks.get("extras"), networks.get("samplers"))
     if request.hires.enabled and not hr.is_latent_upscaler(request.hires.upscaler):
         hr.check_pixel_upscaler(request.hires.upscaler, networks.get("extras"))
 
