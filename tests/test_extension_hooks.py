@@ -97,6 +97,15 @@ def test_an_extension_sampler_runs_in_jobs_and_through_the_api_and_cannot_replac
     assert np.array_equal(pixels(image), pixels(result.images[0]))
     assert client.post("/sdapi/v1/txt2img", json={**body, "sampler_name": "Nope"}).status_code == 422
 
+    import gradio as gr
+
+    from ui import paste_fields as pf
+
+    with gr.Blocks():  # pasting that picture's infotext picks the extension's sampler
+        fields = [gr.Textbox(), gr.Textbox(), gr.Dropdown(), gr.Dropdown(), *(gr.Slider() for _ in range(6))]
+    pasted = pf.paste_values(image.info["parameters"], pf.common_readers(*fields, samplers=ctx.service.samplers))
+    assert pasted[2:4] == ["DDPM", "Automatic"]
+
 
 def test_step_callback_postprocess_and_accordion_args_in_a_real_job(ctx):
     seen = demo()

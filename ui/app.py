@@ -98,7 +98,7 @@ def build_ui(ctx: AppContext, allow_folders: bool = True) -> gr.Blocks:
                 build_extensions_tab(ctx)
             build_extension_tabs(ctx)
 
-        wire_send_to(main_tabs, txt2img, img2img, png_info)
+        wire_send_to(main_tabs, txt2img, img2img, png_info, ctx.service.samplers)
         extras.segment.send_inpaint.click(lambda value: (gr.Tabs(selected="img2img"), *send_segment_to_inpaint(value)),
                                           inputs=extras.segment.picture_and_mask,
                                           outputs=[main_tabs, img2img.inpaint, img2img.mode_tabs, img2img.mode],

@@ -15,12 +15,7 @@ import gradio as gr
 
 from backend.control.infotext import units_from_infotext
 from backend.generation.request import MASKED_CONTENT
-from backend.generation.samplers import (
-    SCHEDULE_TYPES,
-    resolve_sampler_name,
-    resolve_schedule_type,
-    split_legacy_sampler_name,
-)
+from backend.generation.samplers import BUILTIN_SAMPLERS, SCHEDULE_TYPES, SamplerCatalog, resolve_schedule_type
 from backend.images.infotext import parse_infotext
 from backend.images.resize import RESIZE_MODES
 
@@ -46,35 +41,41 @@ def _text(key: str, default: Any = SKIP) -> Reader:
     return lambda params: params.get(key, default)
 
 
-def _sampler(params: dict[str, str]) -> Any:
-    if "Sampler" not in params:
-        return SKIP
-    try:
-        return resolve_sampler_name(params["Sampler"])
-    except ValueError:
-        return SKIP
-
-
-def _schedule(params: dict[str, str]) -> Any:
-    if "Schedule type" in params:
+def _sampler(samplers: SamplerCatalog) -> Reader:
+    def read(params: dict[str, str]) -> Any:
+        if "Sampler" not in params:
+            return SKIP
         try:
-            return resolve_schedule_type(params["Schedule type"])
+            return samplers.resolve(params["Sampler"])
         except ValueError:
             return SKIP
-    _, legacy = split_legacy_sampler_name(params.get("Sampler", ""))
-    return legacy or SCHEDULE_TYPES[0]
+    return read
+
+
+def _schedule(samplers: SamplerCatalog) -> Reader:
+    def read(params: dict[str, str]) -> Any:
+        if "Schedule type" in params:
+            try:
+                return resolve_schedule_type(params["Schedule type"])
+            except ValueError:
+                return SKIP
+        _, legacy = samplers.split_legacy_name(params.get("Sampler", ""))
+        return legacy or SCHEDULE_TYPES[0]
+    return read
 
 
 def _choice(key: str, choices: tuple[str, ...], default: str) -> Reader:
     return lambda params: params.get(key, default) if params.get(key, default) in choices else SKIP
 
 
-def common_readers(prompt, negative, sampler, schedule, steps, cfg, seed, width, height, clip_skip) -> PasteTarget:
+def common_readers(prompt, negative, sampler, schedule, steps, cfg, seed, width, height, clip_skip,
+                   samplers: SamplerCatalog = BUILTIN_SAMPLERS) -> PasteTarget:
+    """`samplers`: the studio's (an infotext may name an extension's sampler)."""
     return [
         (prompt, _text("Prompt")),
         (negative, _text("Negative prompt", "")),
-        (sampler, _sampler),
-        (schedule, _schedule),
+        (sampler, _sampler(samplers)),
+        (schedule, _schedule(samplers)),
         (steps, _number("Steps")),
         (cfg, _number("CFG scale", float)),
         (seed, _number("Seed")),

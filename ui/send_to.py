@@ -11,6 +11,7 @@ from __future__ import annotations
 import gradio as gr
 from PIL import Image
 
+from backend.generation.samplers import BUILTIN_SAMPLERS, SamplerCatalog
 from backend.images.infotext import parse_infotext
 from backend.images.loading import ImageInputError, open_image, to_rgb
 from ui import paste_fields as pf
@@ -20,19 +21,19 @@ from ui.txt2img import Txt2ImgTab
 from ui.widgets import ResultWidgets
 
 
-def txt2img_target(tab: Txt2ImgTab) -> pf.PasteTarget:
+def txt2img_target(tab: Txt2ImgTab, samplers: SamplerCatalog = BUILTIN_SAMPLERS) -> pf.PasteTarget:
     hires = tab.hires
     return (pf.common_readers(tab.row.prompt, tab.row.negative, tab.sampler, tab.schedule, tab.steps, tab.cfg,
-                              tab.seed, tab.width, tab.height, tab.clip_skip)
+                              tab.seed, tab.width, tab.height, tab.clip_skip, samplers)
             + pf.hires_readers(hires.enabled, hires.upscaler, hires.steps, hires.denoise, hires.scale,
                                hires.resize_x, hires.resize_y)
             + pf.restore_faces_reader(tab.restore_faces) + pf.tiling_reader(tab.tiling)
             + pf.seed_extra_readers(tab.seeds) + pf.control_readers(tab.control.units))
 
 
-def img2img_target(tab: Img2ImgTab) -> pf.PasteTarget:
+def img2img_target(tab: Img2ImgTab, samplers: SamplerCatalog = BUILTIN_SAMPLERS) -> pf.PasteTarget:
     return (pf.common_readers(tab.row.prompt, tab.row.negative, tab.sampler, tab.schedule, tab.steps, tab.cfg,
-                              tab.seed, tab.width, tab.height, tab.clip_skip)
+                              tab.seed, tab.width, tab.height, tab.clip_skip, samplers)
             + pf.img2img_readers(tab.denoise, tab.resize_mode, tab.mask_blur, tab.mask_mode, tab.masked_content,
                                  tab.inpaint_area, tab.padding)
             + pf.restore_faces_reader(tab.restore_faces) + pf.tiling_reader(tab.tiling)
@@ -56,8 +57,9 @@ def _editor_value(picture: Image.Image) -> dict:
     return {"background": picture, "layers": [], "composite": picture}
 
 
-def wire_send_to(main_tabs: gr.Tabs, txt2img: Txt2ImgTab, img2img: Img2ImgTab, png_info: PngInfoTab) -> None:
-    t2i_target, i2i_target = txt2img_target(txt2img), img2img_target(img2img)
+def wire_send_to(main_tabs: gr.Tabs, txt2img: Txt2ImgTab, img2img: Img2ImgTab, png_info: PngInfoTab,
+                 samplers: SamplerCatalog = BUILTIN_SAMPLERS) -> None:
+    t2i_target, i2i_target = txt2img_target(txt2img, samplers), img2img_target(img2img, samplers)
     t2i_fields, i2i_fields = pf.components(t2i_target), pf.components(i2i_target)
     to_img2img = [main_tabs, img2img.mode_tabs, img2img.mode, img2img.init_image, *i2i_fields]
     to_inpaint = [main_tabs, img2img.mode_tabs, img2img.mode, img2img.inpaint, *i2i_fields]
