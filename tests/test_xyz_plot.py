@@ -73,23 +73,48 @@ def test_float_ranges_and_other_kinds():
     assert _module("axes").reorder("a cat, red, big", ("big", "red")) == "a cat, big, red"
 
 
+# A1111 v1.10.0's scripts/xyz_grid.py axis_options, in order (T: AxisOptionTxt2Img, I: AxisOptionImg2Img).
+# "Skip Early CFG" is not among them: A1111 added it after 1.10.0 (PR #16282, 2024-07-28).
+A1111_1_10_AXES = [
+    "Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "T:Hires steps", "CFG Scale", "I:Image CFG Scale",
+    "Prompt S/R", "Prompt order", "T:Sampler", "T:Hires sampler", "I:Sampler", "Checkpoint name",
+    "Negative Guidance minimum sigma", "Sigma Churn", "Sigma min", "Sigma max", "Sigma noise", "Schedule type",
+    "Schedule min sigma", "Schedule max sigma", "Schedule rho", "Beta schedule alpha", "Beta schedule beta", "Eta",
+    "Clip skip", "Denoising", "Initial noise multiplier", "Extra noise", "T:Hires upscaler",
+    "I:Cond. Image Mask Weight", "VAE", "Styles", "UniPC Order", "Face restore", "Token merging ratio",
+    "Token merging ratio high-res", "Always discard next-to-last sigma", "SGM noise multiplier",
+    "Refiner checkpoint", "Refiner switch at", "RNG source", "FP8 mode", "Size"]
+
+
+def test_the_axes_are_a1111_1_10s_list_in_its_order_per_tab():
+    axes = _module("axes")
+    for kind, other in (("txt2img", "I:"), ("img2img", "T:")):
+        expected = [label.split(":", 1)[-1] for label in A1111_1_10_AXES if not label.startswith(other)]
+        assert [a.label for a in axes.axes_for(kind)] == expected, kind
+    assert len(axes.axes_for("txt2img")) == 42 and len(axes.axes_for("img2img")) == 41
+
+
 def test_axes_are_found_by_label_or_by_a1111_index_per_tab():
     axes = _module("axes")
     find = axes.find_axis
-    assert [find(i, "txt2img", "X").label for i in (0, 4, "11", 17, 42)] == \
-        ["Nothing", "Steps", "Checkpoint name", "Schedule type", "Size"]
-    assert [find(i, "img2img", "X").label for i in (5, 9, 10, 25, 29)] == \
-        ["CFG Scale", "Sampler", "Checkpoint name", "Denoising", "VAE"]
+    assert [find(i, "txt2img", "X").label for i in (0, 4, "11", 17, 24, 25, 29, 41)] == \
+        ["Nothing", "Steps", "Checkpoint name", "Schedule type", "Clip skip", "Denoising", "VAE", "Size"]
+    assert [find(i, "img2img", "X").label for i in (5, 9, 10, 23, 24, 28, 40)] == \
+        ["CFG Scale", "Sampler", "Checkpoint name", "Clip skip", "Denoising", "VAE", "Size"]
     assert find("steps", "txt2img", "X").label == "Steps" and find("", "txt2img", "X").label == "Nothing"
     assert find("ControlNet weight", "txt2img", "X").label == "[ControlNet] Weight"
     with pytest.raises(ValueError, match="cannot vary Eta"):
-        find(24, "txt2img", "X")
+        find(23, "txt2img", "X")
+    with pytest.raises(ValueError, match="cannot vary Skip Early CFG"):  # a later A1111's, by label
+        find("Skip Early CFG", "txt2img", "X")
     with pytest.raises(ValueError, match="'Banana' is not an X/Y/Z plot axis"):
         find("Banana", "txt2img", "Y")
     with pytest.raises(ValueError, match="txt2img only"):
         find("Hires steps", "img2img", "Z")
     with pytest.raises(ValueError, match="axes 0 to"):
         find(99, "txt2img", "X")
+    with pytest.raises(ValueError, match="axes 0 to 41"):
+        find(42, "txt2img", "X")
 
 
 def test_axes_change_the_request_fields_a1111_changes():
@@ -251,7 +276,7 @@ def test_the_api_takes_a1111_positional_args_with_axis_indices(ctx):
     assert len(response.json()["images"]) == 1 and "X Type: Steps" in info["infotexts"][0]
     first = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
     assert first.width == 2 * SIZE and "Script: X/Y/Z plot" in first.info["parameters"]
-    for bad, named in (("Banana", "Banana"), (24, "Eta")):
+    for bad, named in (("Banana", "Banana"), (23, "Eta")):
         refused = client.post("/sdapi/v1/txt2img", json={**body, "script_args": [bad, "1"]})
         assert refused.status_code == 422 and named in refused.json()["detail"]
 
@@ -263,3 +288,100 @@ def test_the_grid_is_saved_with_its_infotext_among_the_grids(ctx):
     with Image.open(result.paths[0]) as saved:
         assert "Script: X/Y/Z plot, X Type: Steps" in saved.info["parameters"]
         assert saved.size == result.images[0].size
+
+
+# --- the values inputs follow the axis type (plugin API: Arg.depends_on / visible) ---
+
+def test_an_arg_may_depend_on_other_args_and_old_args_still_work(ctx):
+    from backend.extensions.scripts import StudioChoices
+    from backend.extensions.specs import Arg, check_dependencies
+
+    studio = StudioChoices(ctx.service)
+    plain_list = Arg("u", "Upscaler", kind="dropdown", choices=lambda s: s.choices("upscalers"))
+    assert plain_list.depends_on == () and plain_list.choices_for(studio) == studio.choices("upscalers")
+    assert plain_list.visible_for(studio) is True
+    size = Arg("size", "Size", kind="dropdown", depends_on="family",
+               choices=lambda s, family: ["1024"] if family == "SDXL" else ["512", "768"],
+               visible=lambda s, family: family is not None)
+    assert size.depends_on == ("family",)  # one name or several
+    assert size.choices_for(studio, "SDXL") == ["1024"] and size.choices_for(studio, "SD1") == ["512", "768"]
+    assert size.visible_for(studio) is False  # a value not given is None (the API's script-info)
+    check_dependencies([Arg("family", "Family"), size])
+    with pytest.raises(ValueError, match="'size' depends on 'family', which is not among"):
+        check_dependencies([size])
+    with pytest.raises(ValueError, match="cannot depend on itself"):
+        Arg("a", "A", depends_on="a")
+
+
+def test_the_values_dropdown_offers_the_axis_list_and_the_text_box_shows_otherwise(ctx):
+    from backend.extensions.scripts import StudioChoices
+    from backend.extensions.specs import check_dependencies
+
+    _module("axes")
+    args = {a.name: a for a in sys.modules[PACKAGE].ARGS}
+    check_dependencies(sys.modules[PACKAGE].ARGS)
+    studio = StudioChoices(ctx.service)
+    for letter in "xyz":
+        dropdown, text = args[f"{letter}_values_dropdown"], args[f"{letter}_values"]
+        assert dropdown.depends_on == text.depends_on == (f"{letter}_type", "csv_mode")
+    dropdown, text = args["x_values_dropdown"], args["x_values"]
+    for axis_type, what in (("Sampler", "samplers"), ("Checkpoint name", "checkpoints"), ("VAE", "vaes"),
+                            ("Schedule type", "schedule types"), ("Hires upscaler", "hires upscalers")):
+        assert dropdown.choices_for(studio, axis_type, False) == studio.choices(what) != []
+        assert dropdown.visible_for(studio, axis_type, False) and not text.visible_for(studio, axis_type, False)
+        # "Use text inputs instead of dropdowns": the text box instead
+        assert text.visible_for(studio, axis_type, True) and not dropdown.visible_for(studio, axis_type, True)
+    assert any(c.startswith("sd1-other") for c in dropdown.choices_for(studio, "Checkpoint name", False))
+    for axis_type in ("Seed", "Steps", "CFG Scale", "Prompt S/R", "Nothing", None):
+        assert dropdown.choices_for(studio, axis_type, False) == []
+        assert text.visible_for(studio, axis_type, False) and not dropdown.visible_for(studio, axis_type, False)
+
+
+def _read(ctx, letter="X", **args):
+    from backend.extensions.scripts import StudioScriptRun
+
+    plot_module = _module("plot")
+    run = StudioScriptRun(ctx.service, "txt2img", JobControl())
+    options = plot_module.read_options(args)
+    return plot_module.read_axis(run, Txt2ImgRequest(**BASE), letter, args, options)
+
+
+def test_the_plot_reads_the_input_the_page_shows(ctx):
+    # A list axis: the dropdown, not what its hidden text box still holds from an earlier axis.
+    plan = _read(ctx, x_type="Sampler", x_values="1, 2", x_values_dropdown=["Euler a", "Euler"])
+    assert plan.values == ["Euler a", "Euler"] and plan.text == "Euler a,Euler"
+    # csv_mode: the text box, not the hidden dropdown.
+    plan = _read(ctx, x_type="Sampler", x_values="DPM++ 2M", x_values_dropdown=["Euler a"], csv_mode=True)
+    assert plan.values == ["DPM++ 2M"]
+    # The shown input empty: the other one (A1111's page moves values across when the mode switches; API
+    # clients send text).
+    assert _read(ctx, x_type="Sampler", x_values="", x_values_dropdown=["Euler"], csv_mode=True).values == ["Euler"]
+    assert _read(ctx, x_type="Sampler", x_values="Euler a", x_values_dropdown=[]).values == ["Euler a"]
+    # An axis without a list never reads the dropdown.
+    assert _read(ctx, x_type="Seed", x_values="1, 2", x_values_dropdown=["Euler"]).values == [1, 2]
+    with pytest.raises(ValueError, match="Seed needs at least one value"):
+        _read(ctx, x_type="Seed", x_values="", x_values_dropdown=["5"])
+
+
+def test_the_ui_updates_the_values_inputs_when_the_type_or_csv_mode_changes(ctx):
+    from backend.extensions.scripts import StudioChoices
+    from ui.app import build_ui
+    from ui.scripts import followed
+
+    config = build_ui(ctx, allow_folders=False).get_config_file()
+    by_elem = {c.get("props", {}).get("elem_id"): c for c in config["components"]}
+    prefix = "txt2img_script_x_y_z_plot"
+    dropdown, text = by_elem[f"{prefix}_x_values_dropdown"], by_elem[f"{prefix}_x_values"]
+    assert dropdown["props"]["visible"] is False and text["props"]["visible"] is True  # X type "Nothing"
+    triggers = {by_elem[f"{prefix}_x_type"]["id"], by_elem[f"{prefix}_csv_mode"]["id"]}
+    for target in (dropdown, text):
+        [event] = [d for d in config["dependencies"] if d["outputs"] == [target["id"]]]
+        assert {t[0] for t in event["targets"]} == triggers and {t[1] for t in event["targets"]} == {"change"}
+        assert event["inputs"][-1] == target["id"]  # its own value too, to keep what is still offered
+    _module("axes")
+    args = {a.name: a for a in sys.modules[PACKAGE].ARGS}
+    studio = StudioChoices(ctx.service)
+    update = followed(args["x_values_dropdown"], studio, ["Sampler", False], ["Euler", "sd1.safetensors"])
+    assert update["choices"] == studio.choices("samplers") and update["value"] == ["Euler"] and update["visible"]
+    assert followed(args["x_values_dropdown"], studio, ["Seed", False], ["Euler"])["visible"] is False
+    assert followed(args["x_values"], studio, ["Sampler", True], "Euler") == {"__type__": "update", "visible": True}

@@ -5,36 +5,88 @@ Both are built from the same `Arg` specs an extension registers; a script's valu
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import gradio as gr
 
 from backend.app_context import AppContext
 from backend.extensions.scripts import StudioChoices
-from backend.extensions.specs import Arg
+from backend.extensions.specs import Arg, check_dependencies
 
 NO_SCRIPT = "None"
+log = logging.getLogger(__name__)
 
 
-def arg_component(arg: Arg, studio: StudioChoices, elem_id: str):
-    """One Gradio input for an Arg, with its default."""
+def arg_component(arg: Arg, studio: StudioChoices, elem_id: str, depends: Sequence[Any] = ()):
+    """One Gradio input for an Arg, with its default; `depends`: the values of its `depends_on` args."""
     kind, label = arg.kind, arg.label
+    visible = arg.visible_for(studio, *depends)
     if kind == "checkbox":
-        return gr.Checkbox(label=label, value=bool(arg.default), elem_id=elem_id)
+        return gr.Checkbox(label=label, value=bool(arg.default), elem_id=elem_id, visible=visible)
     if kind in ("dropdown", "multiselect"):
-        choices = arg.choices_for(studio)
+        choices = arg.choices_for(studio, *depends)
         multi = kind == "multiselect"
         value = arg.default if arg.default is not None else ([] if multi else (choices[0] if choices else None))
+        if multi:
+            value = list(value)
         return gr.Dropdown(label=label, choices=choices, value=value, multiselect=multi,
                            allow_custom_value=True,  # the script checks; an empty list must not fail
-                           elem_id=elem_id)
+                           elem_id=elem_id, visible=visible)
     if kind == "slider":
         return gr.Slider(arg.minimum or 0, arg.maximum or 100, value=arg.default, step=arg.step or 1, label=label,
-                         elem_id=elem_id)
+                         elem_id=elem_id, visible=visible)
     if kind == "number":
-        return gr.Number(label=label, value=arg.default, elem_id=elem_id)
+        return gr.Number(label=label, value=arg.default, elem_id=elem_id, visible=visible)
     return gr.Textbox(label=label, value="" if arg.default is None else str(arg.default),
-                      lines=4 if kind == "textarea" else 1, elem_id=elem_id)
+                      lines=4 if kind == "textarea" else 1, elem_id=elem_id, visible=visible)
+
+
+def followed(arg: Arg, studio: StudioChoices, values: Sequence[Any], current: Any):
+    """The update of an Arg's input once an arg it depends on changed: its choices (keeping the chosen
+    values still offered) and whether it shows."""
+    visible = arg.visible_for(studio, *values)
+    if arg.kind not in ("dropdown", "multiselect"):
+        return gr.update(visible=visible)
+    choices = arg.choices_for(studio, *values)
+    if arg.kind == "multiselect":
+        value = [v for v in (current or []) if v in choices]
+    elif current in choices:
+        value = current
+    else:
+        value = arg.default if arg.default in choices else (choices[0] if choices else None)
+    return gr.update(choices=choices, value=value, visible=visible)
+
+
+def build_args(args: Sequence[Arg], studio: StudioChoices, elem_prefix: str) -> list:
+    """The inputs of one script (or accordion), in order; an arg with `depends_on` follows those args."""
+    try:
+        check_dependencies(args)
+        dependent = True
+    except ValueError as err:  # a broken extension's inputs still show, unlinked
+        log.warning("%s: %s; its inputs do not follow each other", elem_prefix, err)
+        dependent = False
+    defaults = {a.name: a.default for a in args}
+    components = [arg_component(arg, studio, f"{elem_prefix}_{arg.name}",
+                                [defaults[n] for n in arg.depends_on] if dependent else ())
+                  for arg in args]
+    if not dependent:
+        return components
+    by_name = {a.name: c for a, c in zip(args, components)}
+    for arg, component in zip(args, components):
+        if not arg.depends_on:
+            continue
+        sources = [by_name[name] for name in arg.depends_on]
+
+        def follow(*values, arg=arg):
+            return followed(arg, studio, values[:-1], values[-1])
+
+        # Its own value is read too, to keep the chosen values that the new list still has.
+        gr.on([source.change for source in sources], follow, inputs=[*sources, component], outputs=component,
+              queue=False, show_progress="hidden", api_visibility="private")
+    return components
 
 
 @dataclass
@@ -73,8 +125,7 @@ def build_script_row(ctx: AppContext, kind: str) -> ScriptWidgets:
     for script in scripts:
         slug = "".join(c if c.isalnum() else "_" for c in script.title.lower())
         with gr.Group(visible=False, elem_id=f"{kind}_script_{slug}") as group:
-            for arg in script.args:
-                widgets.components.append(arg_component(arg, studio, f"{kind}_script_{slug}_{arg.name}"))
+            widgets.components += build_args(script.args, studio, f"{kind}_script_{slug}")
         widgets.groups.append(group)
         widgets.arg_names.append((script.title, [a.name for a in script.args]))
     titles = [s.title for s in scripts]
@@ -108,7 +159,6 @@ def build_extension_accordions(ctx: AppContext, kind: str) -> ExtensionControls:
         if kind not in controls.tabs:
             continue
         with gr.Accordion(controls.title, open=False, elem_id=f"{kind}_ext_{ext_id}"):
-            for arg in controls.args:
-                found.inputs.append(arg_component(arg, studio, f"{kind}_ext_{ext_id}_{arg.name}"))
+            found.inputs += build_args(controls.args, studio, f"{kind}_ext_{ext_id}")
         found.owners.append((ext_id, [a.name for a in controls.args]))
     return found

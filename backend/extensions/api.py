@@ -13,6 +13,7 @@ Hooks of API 1.2 (1.2 added `add_sampler`):
 - `postprocess(fn)`: `fn(ImageToPostprocess)` for each finished picture: replace `.image`, add `.params`.
 - `add_script(Script)`: an entry of the Script dropdown (and the API's script_name) that runs a whole job.
 - `add_controls(Controls)`: an accordion on txt2img / img2img; values arrive in `extension_args(request)`.
+  An `Arg` may follow others (`depends_on`): its choices and visibility are asked again when they change.
 - `add_tab(Tab)`, `add_setting(Setting)` (read with `option(key)`), `add_route(Route)` (under /ext/<id>/),
   `add_upscaler(Upscaler)`, `add_preprocessor(...)`, `add_sampler(Sampler)` (its name and aliases).
 An extension cannot take a name the studio or an earlier extension has (a tab, a setting, a script...):
@@ -38,6 +39,7 @@ from backend.extensions.specs import (
     StepInfo,
     Tab,
     Upscaler,
+    check_dependencies,
 )
 from backend.generation.samplers import SCHEDULE_TYPES
 
@@ -184,9 +186,11 @@ class ExtensionApi:
 
     # --- things with names ---
     def add_script(self, script: Script) -> Script:
+        check_dependencies(script.args)  # a misspelt depends_on fails here, with the reason
         return self._add("scripts", script)
 
     def add_controls(self, controls: Controls) -> Controls:
+        check_dependencies(controls.args)
         return self._add("controls", controls)
 
     def add_tab(self, tab: Tab) -> Tab:

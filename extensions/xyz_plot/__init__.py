@@ -9,8 +9,8 @@ from __future__ import annotations
 from backend.extensions.api import Arg, Script
 
 from .answer import build_answer
-from .axes import supported_labels
-from .plot import TITLE, plan_axes, run_cells
+from .axes import axis_by_label, supported_labels
+from .plot import TITLE, flag, plan_axes, run_cells
 
 
 def run_plot(run, request, args: dict):
@@ -19,12 +19,35 @@ def run_plot(run, request, args: dict):
     return build_answer(run, base, plans, options, cells)
 
 
+def listed(axis_type) -> str | None:
+    """The studio list an axis's values come from (samplers, checkpoints...), None for typed values."""
+    axis = axis_by_label(axis_type)
+    return axis.choices if axis is not None else None
+
+
+# As A1111's select_axis: an axis with a list shows the dropdown of that list, unless "Use text inputs
+# instead of dropdowns" is ticked; any other axis shows the text box.
+def axis_values(studio, axis_type, csv_mode) -> list[str]:
+    what = listed(axis_type)
+    return studio.choices(what) if what else []
+
+
+def dropdown_shown(studio, axis_type, csv_mode) -> bool:
+    return listed(axis_type) is not None and not flag(csv_mode)
+
+
+def text_shown(studio, axis_type, csv_mode) -> bool:
+    return not dropdown_shown(studio, axis_type, csv_mode)
+
+
 def _axis_args(letter: str) -> tuple[Arg, ...]:
     name = letter.lower()
-    # The values dropdown's choices follow the chosen axis (the UI fills them); here it starts empty.
+    follows = (f"{name}_type", "csv_mode")
     return (Arg(f"{name}_type", f"{letter} type", kind="dropdown", default="Nothing", choices=supported_labels()),
-            Arg(f"{name}_values", f"{letter} values", kind="text", default=""),
-            Arg(f"{name}_values_dropdown", f"{letter} values", kind="multiselect", default=()))
+            Arg(f"{name}_values", f"{letter} values", kind="text", default="", depends_on=follows,
+                visible=text_shown),
+            Arg(f"{name}_values_dropdown", f"{letter} values", kind="multiselect", default=(),
+                choices=axis_values, depends_on=follows, visible=dropdown_shown))
 
 
 ARGS: tuple[Arg, ...] = (

@@ -145,7 +145,9 @@ def face_restore(changes: Changes, value: str, values: list) -> None:
         changes.set("restore_faces", wanted in ("true", "yes", "y", "1"))
 
 
-# A1111 1.10's axis_options, in order; the tab marks AxisOptionTxt2Img / AxisOptionImg2Img entries.
+# A1111 1.10.0's axis_options, in order; the tab marks AxisOptionTxt2Img / AxisOptionImg2Img entries.
+# ("Skip Early CFG" came after 1.10.0, in A1111's PR #16282, between "Schedule rho" and "Beta schedule alpha";
+# it is in EXTRA_AXES so that 1.10 clients' indices from "Beta schedule alpha" on stay right.)
 AXES: tuple[Axis, ...] = (
     Axis("Nothing", "str", nothing, shown="none"),
     Axis("Seed", "int", field("seed")),
@@ -170,7 +172,6 @@ AXES: tuple[Axis, ...] = (
     Axis("Schedule min sigma", "float"),
     Axis("Schedule max sigma", "float"),
     Axis("Schedule rho", "float"),
-    Axis("Skip Early CFG", "float"),
     Axis("Beta schedule alpha", "float"),
     Axis("Beta schedule beta", "float"),
     Axis("Eta", "float"),
@@ -203,6 +204,7 @@ EXTRA_AXES: tuple[Axis, ...] = (
     Axis("[ControlNet] Weight", "float", control("weight")),
     Axis("[ControlNet] Guidance Start", "float", control("guidance_start")),
     Axis("[ControlNet] Guidance End", "float", control("guidance_end")),
+    Axis("Skip Early CFG", "float"),  # A1111 after 1.10.0; by label only
 )
 
 ALIASES = {"controlnet weight": "[ControlNet] Weight", "seed resize from width": "Seed resize from-1",
@@ -212,6 +214,14 @@ ALIASES = {"controlnet weight": "[ControlNet] Weight", "seed resize from width":
 def axes_for(kind: str) -> list[Axis]:
     """A1111's list for one tab (what its `type="index"` dropdown indexes)."""
     return [a for a in AXES if a.tab in (BOTH, kind)]
+
+
+def axis_by_label(label: Any) -> Axis | None:
+    """The axis a type dropdown shows by label (any case), else None (an index, a name no axis has)."""
+    if not isinstance(label, str):
+        return None
+    wanted = ALIASES.get(label.strip().lower(), label.strip()).lower()
+    return next((a for a in (*AXES, *EXTRA_AXES) if a.label.lower() == wanted), None)
 
 
 def supported_labels() -> list[str]:

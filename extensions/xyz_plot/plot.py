@@ -68,12 +68,19 @@ def read_axis(run, request, letter: str, args: dict, options: Options) -> AxisPl
     if axis.label == "Nothing":
         return AxisPlan(letter, axis, "", [None], [None])
     text = args.get(f"{name}_values") or ""
+    if isinstance(text, (list, tuple)):  # an API client may send the values as a list
+        text = to_csv(text)
     dropdown = args.get(f"{name}_values_dropdown") or []
-    dropdown = split_csv(dropdown) if isinstance(dropdown, str) else [str(v) for v in dropdown]
-    if axis.choices and not options.csv_mode and dropdown:  # A1111: the dropdown wins for list axes
-        raw, text = [v.strip() for v in dropdown], to_csv(dropdown)
-    elif isinstance(text, (list, tuple)):  # an API client may send the values as a list
-        raw, text = [str(v).strip() for v in text], to_csv(text)
+    dropdown = split_csv(dropdown) if isinstance(dropdown, str) else [str(v).strip() for v in dropdown]
+    # A1111 reads the input the page shows: for an axis with a list the dropdown, unless csv_mode. When that
+    # one is empty the other is read: A1111's page moves the values across on switching, and API clients
+    # often send a list axis's values as text.
+    on_page = bool(axis.choices) and not options.csv_mode  # True: the dropdown shows, False: the text box
+    use_dropdown = on_page
+    if axis.choices and not (dropdown if on_page else split_csv(str(text))):
+        use_dropdown = not on_page
+    if use_dropdown:
+        raw, text = dropdown, to_csv(dropdown)
     else:
         raw = split_csv(str(text))
     try:
