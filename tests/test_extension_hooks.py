@@ -192,3 +192,13 @@ def test_built_in_extensions_import_only_the_plugin_api():
     assert files
     offending = {str(f): _studio_imports(f) - {"backend.extensions.api"} for f in files}
     assert {f: names for f, names in offending.items() if names} == {}
+
+
+def test_an_arg_following_an_arg_the_script_lacks_is_refused_at_registration():
+    from backend.extensions.api import Arg, ExtensionApi, Hooks, Script
+
+    api = ExtensionApi("typo", Hooks())
+    follows = Arg("values", "Values", kind="multiselect", choices=lambda studio, axis: [axis], depends_on="axis_typ")
+    with pytest.raises(ValueError, match="depends on 'axis_typ'"):
+        api.add_script(Script(title="Typo", run=lambda run, request, args: None,
+                              args=(Arg("axis_type", "Axis", kind="dropdown", choices=["a"]), follows)))
