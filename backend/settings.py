@@ -120,6 +120,10 @@ class Options(BaseModel):
     interrogate_clip_num_beams: int = Field(1, ge=1, le=16, description="BLIP: number of beams when captioning.")
     interrogate_clip_min_length: int = Field(24, ge=1, le=128, description="BLIP: shortest caption, in tokens.")
     interrogate_clip_max_length: int = Field(48, ge=1, le=256, description="BLIP: longest caption, in tokens.")
+    extensions_index_url: str = Field(
+        "", description="Extension index URL: the index of available extensions (an http(s) URL or a file) that "
+                        "the Extensions tab loads when you press Load index; empty means the studio's own.",
+    )
 
 
 # Options that name folders on the server. The API must not let clients set

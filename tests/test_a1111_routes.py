@@ -2,6 +2,7 @@
 backend/api/a1111_routes.py answer in A1111's shapes (server-stop and -restart also on a launched studio)."""
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import sys
@@ -241,6 +242,31 @@ def test_server_control_execs_the_same_command_line_and_kill_exits_at_once():
     assert time.monotonic() - started < 20
 
 
+class _OpenPage(threading.Thread):
+    """What an open page holds: Gradio's session heartbeat, a stream the server itself must end when it stops
+    (else uvicorn waits out its graceful-shutdown timeout and cancels it, with a traceback)."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url = f"{url}gradio_api/heartbeat/{secrets.token_hex(8)}"
+        self.connected = threading.Event()
+        self.ended: str | None = None
+
+    def run(self) -> None:
+        try:
+            with httpx.stream("GET", self.url, timeout=60) as stream:
+                for _ in stream.iter_lines():
+                    self.connected.set()
+            self.ended = "cleanly"
+        except httpx.HTTPError as error:
+            self.ended = repr(error)
+
+    def open(self) -> _OpenPage:
+        self.start()
+        assert self.connected.wait(timeout=30), "the heartbeat stream did not open"
+        return self
+
+
 def test_a_launched_studio_restarts_and_stops_through_the_api(tmp_path, tiny_sd1_file):
     models = tmp_path / "models" / "Stable-diffusion"
     models.mkdir(parents=True)
@@ -250,6 +276,7 @@ def test_a_launched_studio_restarts_and_stops_through_the_api(tmp_path, tiny_sd1
     answers: dict[str, httpx.Response] = {}
     for url, process in launched_process(tmp_path, models):
         with httpx.Client(base_url=url, timeout=300) as caller, httpx.Client(base_url=url, timeout=30) as api:
+            page = _OpenPage(url).open()
             assert api.post("/sdapi/v1/server-restart").status_code == 200
             deadline = time.monotonic() + 150
             # execv keeps the process id: the same process starts again and says so, on the same port.
@@ -257,6 +284,9 @@ def test_a_launched_studio_restarts_and_stops_through_the_api(tmp_path, tiny_sd1
                 assert process.poll() is None, log.read_text()[-3000:]
                 assert time.monotonic() < deadline, f"the studio did not come back:\n{log.read_text()[-3000:]}"
                 time.sleep(0.3)
+            page.join(timeout=30)
+            assert page.ended == "cleanly"  # the old process ended the page's stream itself
+            page = _OpenPage(url).open()
             job = threading.Thread(target=lambda: answers.update(txt2img=caller.post("/sdapi/v1/txt2img",
                                                                                       json=long_job)))
             job.start()
@@ -266,7 +296,9 @@ def test_a_launched_studio_restarts_and_stops_through_the_api(tmp_path, tiny_sd1
             assert api.post("/sdapi/v1/server-stop").text == "Stopping."
             exit_code = process.wait(timeout=60)  # a hang fails here instead of waiting for 6000 steps
             job.join(timeout=30)
+            page.join(timeout=30)
         assert exit_code == 0, log.read_text()[-3000:]
-        assert "Traceback" not in log.read_text()
+        assert page.ended == "cleanly"
+        assert "Traceback" not in log.read_text() and "graceful shutdown exceeded" not in log.read_text()
         assert answers["txt2img"].status_code == 200  # the running job ended and answered with what it made
         assert len(answers["txt2img"].json()["images"]) < long_job["n_iter"]

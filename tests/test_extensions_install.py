@@ -395,6 +395,42 @@ def test_the_index_source_option_and_loading_by_url(tmp_path):
         load_index("ftp://example.invalid/index.json")
 
 
+def test_the_index_url_is_a_setting_of_settings_and_the_api_and_the_tab_follows_it(tmp_path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from backend.api.routes import create_api_router
+    from backend.app_context import AppPaths, build_app_context
+    from backend.devices import DeviceSettings
+    from backend.settings import Options
+    from ui.extensions_tab import index_to_load
+    from ui.settings_tab import HIDDEN
+
+    assert "extensions_index_url" in Options.model_fields and "extensions_index_url" not in HIDDEN  # a widget
+    (tmp_path / "models").mkdir()
+    ctx = build_app_context(AppPaths(root=tmp_path, builtin_checkpoints=[]), DeviceSettings.from_flags(device="cpu"))
+    app = FastAPI()
+    app.include_router(create_api_router(ctx), prefix="/sdapi/v1")
+    client = TestClient(app)
+    assert client.get("/sdapi/v1/options").json()["extensions_index_url"] == ""
+    assert index_source(ctx.options) == str(SHIPPED_INDEX)
+    # What the page's box was given at load, untouched: Load index follows the setting as it is now.
+    assert index_to_load(ctx, str(SHIPPED_INDEX), str(SHIPPED_INDEX)) == (str(SHIPPED_INDEX), True)
+
+    own = str(tmp_path / "own-index.json")
+    assert client.post("/sdapi/v1/options", json={"extensions_index_url": own}).json() is True
+    assert client.get("/sdapi/v1/options").json()["extensions_index_url"] == own
+    assert json.loads((tmp_path / "config.json").read_text())["extensions_index_url"] == own
+    assert index_source(ctx.options) == own
+    assert index_to_load(ctx, str(SHIPPED_INDEX), str(SHIPPED_INDEX)) == (own, True)
+    assert index_to_load(ctx, "", str(SHIPPED_INDEX)) == (own, True)
+    typed = "https://example.invalid/index.json"  # typed over in the box: that one, this once
+    assert index_to_load(ctx, f" {typed} ", own) == (typed, False)
+    assert client.post("/sdapi/v1/options", json={"extensions_index_url": 3}).status_code == 422
+    ctx.options.update(extensions_index_url="")  # as the Settings tab saves it
+    assert index_source(ctx.options) == str(SHIPPED_INDEX)
+
+
 # --- Apply and restart --------------------------------------------------------------------------------
 
 def test_disabled_after_keeps_choices_for_extensions_away_for_now():

@@ -284,12 +284,23 @@ def _refresh_outputs(ctx: AppContext, installer: ExtensionInstaller):
             gr.update(choices=folder_choices(ctx, installer), value=None))
 
 
+def index_to_load(ctx: AppContext, typed: str | None, shown: str | None) -> tuple[str, bool]:
+    """(what Load index reads, whether that is the setting): the box's text if typed over, else the setting as
+    it is now (it may have changed in Settings or through the API since the page filled the box)."""
+    typed = (typed or "").strip()
+    if typed and typed != shown:
+        return typed, False
+    return index_source(ctx.options), True
+
+
 def _index_panel(ctx: AppContext) -> dict:
+    current = lambda: index_source(ctx.options)  # noqa: E731 - read on each page load, not once at start
     with gr.Row():
-        source = gr.Textbox(value=index_source(ctx.options), label="Index (a file or an http(s) URL)", scale=4,
-                            info="The option extensions_index_url in config.json sets the default.",
+        source = gr.Textbox(value=current, label="Index (a file or an http(s) URL)", scale=4,
+                            info="Settings → Extension index URL (extensions_index_url) sets the default.",
                             elem_id="extensions_index_source")
         load = gr.Button("Load index", elem_id="extensions_index_load", scale=1)
+    shown = gr.State(current)  # what the box was given, to tell a typed source from the setting
     note = gr.Markdown(elem_id="extensions_index_note")
     with gr.Row():
         text = gr.Textbox(label="Search", elem_id="extensions_index_search", scale=3)
@@ -302,20 +313,24 @@ def _index_panel(ctx: AppContext) -> dict:
         install = gr.Button("Install", variant="primary", elem_id="extensions_index_install", scale=1)
     state = gr.State(None)
 
-    def shown(index, words, chosen, hide_installed):
+    def listed(index, words, chosen, hide_installed):
         rows = index_rows(ctx, index, words, chosen, hide_installed)
         picks = [(row[0], row[4]) for row in rows if not row[5]]
         return rows, gr.update(choices=picks, value=None)
 
-    def loaded(where, words, hide_installed):
+    def loaded(typed, given, words, hide_installed):
+        where, from_setting = index_to_load(ctx, typed, given)
         index, message = load_index_for_page(where)
         tag_choices = [(f"{t}: {d}" if d else t, t) for t, d in (index.tags.items() if index else [])]
-        return (index, message, gr.update(choices=tag_choices, value=[]), *shown(index, words, [], hide_installed))
+        # Read from the setting: the box shows it now, and goes on following it until typed over.
+        box = (where, where) if from_setting else (gr.update(), given)
+        return (*box, index, message, gr.update(choices=tag_choices, value=[]),
+                *listed(index, words, [], hide_installed))
 
-    load.click(loaded, inputs=[source, text, hide], outputs=[state, note, tags, table, pick])
+    load.click(loaded, inputs=[source, shown, text, hide], outputs=[source, shown, state, note, tags, table, pick])
     for widget in (text, tags, hide):
-        widget.change(shown, inputs=[state, text, tags, hide], outputs=[table, pick])
-    return {"pick": pick, "install": install, "refilter": (shown, [state, text, tags, hide], [table, pick])}
+        widget.change(listed, inputs=[state, text, tags, hide], outputs=[table, pick])
+    return {"pick": pick, "install": install, "refilter": (listed, [state, text, tags, hide], [table, pick])}
 
 
 def build_extensions_tab(ctx: AppContext) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from collections.abc import Callable
 import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.routing import Mount
 
 from backend.api.auth import parse_credentials
 from backend.api.controlnet_routes import create_controlnet_router
@@ -75,7 +77,19 @@ def build_http_app(ctx: AppContext, args: argparse.Namespace, ui_auth: list, api
         gr.mount_gradio_app(app, demo, path="/", auth=ui_auth or None, css=CSS, footer_links=["api", "settings"],
                             root_path=f"/{args.subpath.strip('/')}" if args.subpath else None,
                             server_name=server_host(args), server_port=args.port)
+        # Kept to end its streams when the server stops; demo.app is another App instance, not the one mounted.
+        app.state.gradio_app = next((route.app for route in app.routes
+                                     if isinstance(route, Mount) and isinstance(route.app, gr.routes.App)), None)
     return app
+
+
+def end_gradio_streams(app: FastAPI) -> None:
+    """End the page's open Gradio streams (the session heartbeat), as Blocks.close() does for a launched demo.
+
+    Left open, they keep uvicorn waiting its whole graceful-shutdown timeout, then it cancels them with a
+    traceback. Call on the server's event loop: Gradio's stop event is an asyncio.Event."""
+    if (ui := getattr(app.state, "gradio_app", None)) is not None:
+        ui.stop_event.set()
 
 
 def server_host(args: argparse.Namespace) -> str:
@@ -83,11 +97,20 @@ def server_host(args: argparse.Namespace) -> str:
 
 
 class StudioServer(uvicorn.Server):
-    """uvicorn's server; on Ctrl+C it first stops the device queue, so requests waiting on a job can end."""
+    """uvicorn's server; on Ctrl+C it first stops the device queue, so requests waiting on a job can end, and
+    when it shuts down it ends the page's streams, so a browser left open does not hold it up."""
 
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None],
+                 on_shutdown: Callable[[], None] = lambda: None):
         super().__init__(config)
         self.on_exit = on_exit
+        self.on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Every way of stopping (Ctrl+C, SIGTERM, request_stop) comes here, on the loop, before uvicorn waits
+        # for the open connections to close.
+        self.on_shutdown()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig, frame) -> None:
         self._end_jobs_soon()
@@ -153,7 +176,7 @@ def serve_studio(args: argparse.Namespace) -> None:
     config = uvicorn.Config(app, host=server_host(args), port=args.port, ssl_keyfile=args.tls_keyfile,
                             ssl_certfile=args.tls_certfile, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=10)
-    server = StudioServer(config, on_exit=ctx.service.queue.close)
+    server = StudioServer(config, on_exit=ctx.service.queue.close, on_shutdown=lambda: end_gradio_streams(app))
     ctx.server_control = ServerControl(server.request_stop)  # for /server-stop, /server-restart, /server-kill
     threading.Thread(target=announce_when_started, args=(server, args, api_auth), name="announce",
                      daemon=True).start()

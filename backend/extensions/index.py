@@ -3,8 +3,9 @@
     {"tags": {"tag": "what it means", ...},
      "extensions": [{"name": ..., "url": ..., "description": ..., "tags": [...], "added": "YYYY-MM-DD"}, ...]}
 
-The studio ships one (index.json beside this module). The option `extensions_index_url` points at
-another file or an http(s) URL; it is read only when the user asks ("Load index"), never at start.
+The studio ships one (index.json beside this module). The setting `extensions_index_url` ("Extension index
+URL" in Settings, and in /sdapi/v1/options) points at another file or an http(s) URL; it is read only when
+the user asks ("Load index"), never at start.
 """
 from __future__ import annotations
 
@@ -47,11 +48,8 @@ class ExtensionIndex:
 
 
 def index_source(options: Any) -> str:
-    """Where the index is read from: the studio option if it has one, else the key kept in config.json
-    (A1111 had no such option), else the shipped file."""
+    """Where the index is read from: the setting (an OptionsStore's), else the shipped file."""
     value = getattr(getattr(options, "options", None), INDEX_OPTION, None)
-    if not value:
-        value = getattr(options, "unknown_keys", {}).get(INDEX_OPTION)
     return value.strip() if isinstance(value, str) and value.strip() else str(SHIPPED_INDEX)
 
 
