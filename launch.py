@@ -46,6 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder of the CodeFormer model (default models/Codeformer)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: best available)")
     p.add_argument("--no-half", action="store_true", help="run in fp32 even on a GPU")
+    p.add_argument("--no-half-vae", action="store_true", help="run the VAE in fp32 whatever the rest runs in")
+    p.add_argument("--precision", choices=("auto", "full", "half", "bf16", "autocast"), default="auto",
+                   help="auto: fp16 on a GPU, bf16 on a CPU that computes it natively (avx512_bf16 / amx), "
+                        "else fp32; full: fp32 everywhere; half: fp16 on a GPU, bf16 on a CPU; bf16: bf16; "
+                        "autocast: as auto (A1111's name)")
     p.add_argument("--medvram", action="store_true", help="keep only the active model part on the GPU")
     p.add_argument("--lowvram", action="store_true", help="stream weights to the GPU layer by layer (slow)")
     p.add_argument("--hide-ui-dir-config", action="store_true",

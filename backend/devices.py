@@ -8,17 +8,63 @@ from typing import Literal
 import torch
 
 Offload = Literal["none", "model", "sequential"]
+Precision = Literal["auto", "full", "half", "bf16", "autocast"]
+PRECISIONS: tuple[str, ...] = ("auto", "full", "half", "bf16", "autocast")
+
+# /proc/cpuinfo flags of CPUs that compute in bf16 natively (AVX512-BF16 dot products, AMX tiles).
+_NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively, from its feature flags (Linux's /proc/cpuinfo).
+
+    Without native support torch emulates bf16 and it is slower than fp32, so nothing is guessed: an
+    unreadable cpuinfo (macOS, Windows) means no."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags") and ":" in line:
+            return bool(_NATIVE_BF16_FLAGS & set(line.split(":", 1)[1].split()))
+    return False
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
 
 
 @dataclass(frozen=True)
 class DeviceSettings:
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # the UNet's, and what ControlNets, adapters and the conditioning follow
     offload: Offload = "none"  # --medvram: model CPU offload; --lowvram: sequential offload
+    text_encoder_dtype: torch.dtype | None = None  # None: as the UNet
+    vae_dtype: torch.dtype | None = None  # None: as the UNet
+    reason: str = ""  # why this precision (shown at start and in Settings)
+
+    @property
+    def text_encoder(self) -> torch.dtype:
+        return self.text_encoder_dtype or self.dtype
+
+    @property
+    def vae(self) -> torch.dtype:
+        return self.vae_dtype or self.dtype
+
+    def describe(self) -> dict[str, str]:
+        """What each model part runs in, for the console and Settings."""
+        return {"device": str(self.device), "unet": _dtype_name(self.dtype),
+                "text encoders": _dtype_name(self.text_encoder), "vae": _dtype_name(self.vae),
+                "why": self.reason}
 
     @classmethod
     def from_flags(cls, device: str | None = None, no_half: bool = False, lowvram: bool = False,
-                   medvram: bool = False) -> "DeviceSettings":
+                   medvram: bool = False, precision: str = "auto", no_half_vae: bool = False,
+                   native_bf16=cpu_has_native_bf16) -> "DeviceSettings":
+        """A1111's flags: `--precision full` and `--no-half` mean fp32; `autocast` is taken as `auto`.
+        `native_bf16()` says whether the CPU has bf16 (a probe; tests give their own)."""
         if device:
             dev = torch.device(device)
         elif torch.cuda.is_available():
@@ -27,17 +73,39 @@ class DeviceSettings:
             dev = torch.device("mps")
         else:
             dev = torch.device("cpu")
-        # fp16 on accelerators as A1111 does; fp32 on the CPU, where half precision is slow or missing.
-        dtype = torch.float32 if dev.type == "cpu" or no_half else torch.float16
+        if precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        dtype, vae_dtype, reason = _choose(dev, "full" if no_half else precision, native_bf16)
+        if no_half_vae:
+            vae_dtype, reason = torch.float32, reason + "; VAE in fp32 (--no-half-vae)"
         offload: Offload = "sequential" if lowvram else "model" if medvram else "none"
         if dev.type == "cpu":
             offload = "none"  # offloading to the CPU from the CPU means nothing
-        return cls(device=dev, dtype=dtype, offload=offload)
+        return cls(device=dev, dtype=dtype, offload=offload, vae_dtype=None if vae_dtype == dtype else vae_dtype,
+                   reason=reason)
 
     @property
     def generator_device(self) -> str:
         # Noise is drawn on the CPU so the same seed gives the same image on every device, like A1111's default.
         return "cpu"
+
+
+def _choose(dev: torch.device, precision: str, native_bf16) -> tuple[torch.dtype, torch.dtype, str]:
+    """(UNet dtype, VAE dtype, why) for a device and a --precision value."""
+    if precision == "full":
+        return torch.float32, torch.float32, "fp32 (--precision full / --no-half)"
+    if dev.type == "cpu":
+        if precision == "auto" or precision == "autocast":
+            if native_bf16():
+                # The VAE stays fp32: the picture's last step, and cheap next to the UNet's steps.
+                return torch.bfloat16, torch.float32, "bf16: this CPU computes bf16 natively (avx512_bf16 / amx)"
+            return torch.float32, torch.float32, "fp32: this CPU has no native bf16"
+        # half or bf16: fp16 on a CPU is emulated and slow, so its half type is bf16, asked for by name.
+        return torch.bfloat16, torch.float32, f"bf16 (--precision {precision})"
+    if precision == "bf16":
+        return torch.bfloat16, torch.bfloat16, "bf16 (--precision bf16)"
+    # fp16 on accelerators as A1111 does (the SDXL VAE is upcast when it asks: force_upcast).
+    return torch.float16, torch.float16, "fp16 on the accelerator"
 
 
 def memory_report() -> dict:

@@ -77,7 +77,7 @@ def app_context(studio_root, checkpoint_dir):
     from backend.devices import DeviceSettings
 
     paths = AppPaths(root=studio_root, checkpoint_dirs=[checkpoint_dir], builtin_checkpoints=[])
-    return build_app_context(paths, DeviceSettings.from_flags(device="cpu"))
+    return build_app_context(paths, DeviceSettings.from_flags(device="cpu", precision="full"))
 
 
 @pytest.fixture(scope="session")

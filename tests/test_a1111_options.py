@@ -74,7 +74,7 @@ def ctx(tmp_path):
     from backend.devices import DeviceSettings
 
     (tmp_path / "models").mkdir()  # no checkpoints: these tests only read and write options
-    return build_app_context(AppPaths(root=tmp_path, builtin_checkpoints=[]), DeviceSettings.from_flags(device="cpu"))
+    return build_app_context(AppPaths(root=tmp_path, builtin_checkpoints=[]), DeviceSettings.from_flags(device="cpu", precision="full"))
 
 
 @pytest.fixture

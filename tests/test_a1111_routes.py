@@ -61,7 +61,7 @@ def _context(root, **flags):
     from backend.devices import DeviceSettings
 
     (root / "models").mkdir(exist_ok=True)
-    return build_app_context(AppPaths(root=root, builtin_checkpoints=[]), DeviceSettings.from_flags(device="cpu"),
+    return build_app_context(AppPaths(root=root, builtin_checkpoints=[]), DeviceSettings.from_flags(device="cpu", precision="full"),
                              command_flags=flags)
 
 

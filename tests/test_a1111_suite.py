@@ -42,7 +42,7 @@ def client(tmp_path_factory, checkpoint_dir, face_models):
     root = tmp_path_factory.mktemp("a1111-suite")
     _link_face_models(root / "models", face_models)
     ctx = build_app_context(AppPaths(root=root, checkpoint_dirs=[checkpoint_dir], builtin_checkpoints=[]),
-                            DeviceSettings.from_flags(device="cpu"))
+                            DeviceSettings.from_flags(device="cpu", precision="full"))
     ctx.options.update(sd_model_checkpoint="sd1.safetensors", live_previews_enable=False)
     app = FastAPI()
     app.include_router(create_api_router(ctx), prefix=API)

@@ -190,7 +190,7 @@ def test_extra_networks_card_puts_the_lora_tag_in_the_prompt(running_studio, che
     from tests.fixtures.tiny_networks import write_kohya_lora
 
     url, data_dir = running_studio
-    pipe, _ = load_single_file(checkpoint_dir / "sd1.safetensors", DeviceSettings.from_flags(device="cpu"))
+    pipe, _ = load_single_file(checkpoint_dir / "sd1.safetensors", DeviceSettings.from_flags(device="cpu", precision="full"))
     write_kohya_lora(pipe, data_dir / "models" / "Lora" / "ink.safetensors",
                      metadata={"ss_output_name": "<b>ink</b>"})
     with _studio_page(url, "tiny-sd1.safetensors") as page:

@@ -31,7 +31,7 @@ def test_demo_file_is_small_and_carries_its_model_card():
 def test_demo_is_selected_only_when_the_user_has_no_checkpoint(tmp_path, tiny_sd1_file):
     empty = tmp_path / "Stable-diffusion"
     empty.mkdir()
-    ctx = build_app_context(AppPaths(root=tmp_path, checkpoint_dirs=[empty]), DeviceSettings.from_flags(device="cpu"))
+    ctx = build_app_context(AppPaths(root=tmp_path, checkpoint_dirs=[empty]), DeviceSettings.from_flags(device="cpu", precision="full"))
     default = ctx.manager.default_checkpoint()
     assert default.builtin and default.path == DEMO_CHECKPOINT
     assert default.variant.native_size == 128

@@ -106,7 +106,7 @@ def test_a_zero_terminal_snr_run_learns_v_from_pure_noise_and_loads_as_such_a_fi
 
     path, _, _ = vae_stage_file
     train.run(recipe, tmp_path / "v.safetensors", vae_from=path)
-    loaded = ModelManager([], DeviceSettings.from_flags(device="cpu"), builtin=[tmp_path / "v.safetensors"]).load(
+    loaded = ModelManager([], DeviceSettings.from_flags(device="cpu", precision="full"), builtin=[tmp_path / "v.safetensors"]).load(
         "v.safetensors")
     assert loaded.variant.prediction_type == "v_prediction" and loaded.variant.zero_terminal_snr
     sampling = DDPMScheduler.from_config(scheduler_config(loaded.variant))

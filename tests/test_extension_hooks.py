@@ -29,7 +29,7 @@ def ctx(studio_root, checkpoint_dir):
 
     paths = AppPaths(root=studio_root, checkpoint_dirs=[checkpoint_dir], builtin_checkpoints=[],
                      extension_dirs=[FIXTURES])
-    return build_app_context(paths, DeviceSettings.from_flags(device="cpu"))
+    return build_app_context(paths, DeviceSettings.from_flags(device="cpu", precision="full"))
 
 
 @pytest.fixture

@@ -408,7 +408,7 @@ def test_the_index_url_is_a_setting_of_settings_and_the_api_and_the_tab_follows_
 
     assert "extensions_index_url" in Options.model_fields and "extensions_index_url" not in HIDDEN  # a widget
     (tmp_path / "models").mkdir()
-    ctx = build_app_context(AppPaths(root=tmp_path, builtin_checkpoints=[]), DeviceSettings.from_flags(device="cpu"))
+    ctx = build_app_context(AppPaths(root=tmp_path, builtin_checkpoints=[]), DeviceSettings.from_flags(device="cpu", precision="full"))
     app = FastAPI()
     app.include_router(create_api_router(ctx), prefix="/sdapi/v1")
     client = TestClient(app)

@@ -90,7 +90,7 @@ def ctx(studio_root, checkpoint_dir, extension_root):
 
     paths = AppPaths(root=studio_root, checkpoint_dirs=[checkpoint_dir], builtin_checkpoints=[],
                      extension_dirs=[extension_root])
-    return build_app_context(paths, DeviceSettings.from_flags(device="cpu"))
+    return build_app_context(paths, DeviceSettings.from_flags(device="cpu", precision="full"))
 
 
 def test_hooks_run_in_real_jobs_and_their_args_come_from_the_request(ctx):

@@ -28,7 +28,7 @@ def studio(tmp_path_factory):
     root = tmp_path_factory.mktemp("ipa")
     write_checkpoint(root / "Stable-diffusion" / "sd1.safetensors", TinySpec("sd1"), seed=0)
     # The model manager alone (the app context also builds the control library that will own this one).
-    manager = ModelManager([root / "Stable-diffusion"], DeviceSettings.from_flags(device="cpu"), builtin=[])
+    manager = ModelManager([root / "Stable-diffusion"], DeviceSettings.from_flags(device="cpu", precision="full"), builtin=[])
     loaded = manager.load("sd1.safetensors")
     unet = loaded.pipe.unet
     ipa, cn, clip = root / "models" / "ipadapter", root / "models" / "ControlNet", root / "models" / "clip_vision"

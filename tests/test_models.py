@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline
 from safetensors.torch import save_file
 
 from backend.devices import DeviceSettings
@@ -19,7 +20,7 @@ from backend.models.manager import ModelManager
 from backend.models.types import ModelFamily
 from tests.fixtures.tiny_checkpoints import TinySpec, build_components, write_checkpoint
 
-CPU = DeviceSettings.from_flags(device="cpu")
+CPU = DeviceSettings.from_flags(device="cpu", precision="full")
 
 
 def test_each_family_is_detected_from_keys_and_shapes(checkpoint_dir):
@@ -213,7 +214,10 @@ def test_diffusers_folder_loads_offline_and_generates_like_the_single_file(tmp_p
     """A diffusers folder (model_index.json) is listed and loads with local files only."""
     single = ModelManager([checkpoint_dir], CPU).load("sd1")
     folder = tmp_path / "models" / "tiny-diffusers"
-    single.pipe.save_pretrained(folder)
+    # As diffusers writes it: the studio's VAE subclass (own precision) saved as diffusers' AutoencoderKL.
+    vae = AutoencoderKL.from_config(single.pipe.vae.config)
+    vae.load_state_dict(single.pipe.vae.state_dict())
+    StableDiffusionPipeline(**{**single.pipe.components, "vae": vae}).save_pretrained(folder)
     manager = ModelManager([tmp_path / "models"], CPU)
     assert [e.name for e in manager.checkpoints()] == ["tiny-diffusers"]
     loaded = manager.load("tiny-diffusers")

@@ -27,7 +27,7 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     (root / "models" / "Stable-diffusion").mkdir(parents=True)
     ctx = build_app_context(AppPaths(root=root, checkpoint_dirs=[root / "models" / "Stable-diffusion"]),
-                            DeviceSettings.from_flags(device="cpu"))
+                            DeviceSettings.from_flags(device="cpu", precision="full"))
     ctx.options.update(live_previews_enable=False)
     return ctx
 

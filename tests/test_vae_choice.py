@@ -63,7 +63,7 @@ def test_automatic_takes_the_vae_beside_the_checkpoint_and_it_is_not_listed_as_a
     folder = tmp_path / "models" / "Stable-diffusion"
     write_checkpoint(folder / "mine.safetensors", TinySpec("sd1"), seed=0)
     ctx = build_app_context(AppPaths(root=tmp_path, checkpoint_dirs=[folder], builtin_checkpoints=[]),
-                            DeviceSettings.from_flags(device="cpu"))
+                            DeviceSettings.from_flags(device="cpu", precision="full"))
     own = generate(ctx, checkpoint="mine.safetensors")
     write_vae(ctx.manager.load("mine.safetensors").pipe, folder / "mine.vae.safetensors")
     ctx.manager.refresh()

@@ -158,7 +158,7 @@ def ctx(tmp_path_factory, checkpoint_dir):
     extensions.mkdir()
     (extensions / "xyz_plot").symlink_to(EXTENSION)
     paths = AppPaths(root=root, checkpoint_dirs=[checkpoint_dir], builtin_checkpoints=[], extension_dirs=[extensions])
-    return build_app_context(paths, DeviceSettings.from_flags(device="cpu"))
+    return build_app_context(paths, DeviceSettings.from_flags(device="cpu", precision="full"))
 
 
 def plot(ctx, job=None, **args):

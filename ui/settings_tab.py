@@ -51,6 +51,9 @@ def build_settings_tab(ctx: AppContext) -> None:
         apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
         reload = gr.Button("Reload from config.json", elem_id="settings_reload")
     result = gr.Markdown(elem_id="settings_result")
+    parts = ctx.device.describe()  # chosen at start by --precision and the hardware
+    gr.Markdown(f"Running on **{parts['device']}**: UNet {parts['unet']}, text encoders {parts['text encoders']}, "
+                f"VAE {parts['vae']} ({parts['why']}).", elem_id="settings_precision")
     samplers = ctx.service.samplers.names()
     widgets = [_widget(n, Options.model_fields[n], getattr(current, n), samplers) for n in names]
     own = build_extension_settings(ctx)

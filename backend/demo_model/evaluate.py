@@ -232,11 +232,12 @@ def score(images: list[Image.Image], expected: list[Expected]) -> Scores:
 class DemoEvaluator:
     """Generates through the studio's own loader and runner, so the shipped file is what is measured."""
 
-    def __init__(self, checkpoint: Path, steps: int = 20, sampler: str = "Euler a"):
+    def __init__(self, checkpoint: Path, steps: int = 20, sampler: str = "Euler a", precision: str = "full"):
         from backend.devices import DeviceSettings
         from backend.models.manager import ModelManager
 
-        self.device = DeviceSettings.from_flags()
+        # fp32 by default, so scores compare across machines; "auto" measures what this machine's studio runs.
+        self.device = DeviceSettings.from_flags(precision=precision)
         manager = ModelManager([], self.device, builtin=[checkpoint])
         self.loaded = manager.load(checkpoint.name)
         self.steps, self.sampler = steps, sampler
@@ -315,9 +316,10 @@ class Report:
         return missed
 
 
-def measure(checkpoint: Path, steps: int = 20, rounds: int = 1, negative_seeds: int = 48) -> Report:
+def measure(checkpoint: Path, steps: int = 20, rounds: int = 1, negative_seeds: int = 48,
+            precision: str = "full") -> Report:
     """Generate the held-out prompts at CFG 7 and 1 and the negative-prompt pairs, and score them."""
-    evaluator = DemoEvaluator(checkpoint, steps=steps)
+    evaluator = DemoEvaluator(checkpoint, steps=steps, precision=precision)
     prompts = held_out_prompts()
     return Report(at7=evaluator.adherence(prompts, cfg=7.0, rounds=rounds),
                   at1=evaluator.adherence(prompts, cfg=1.0, rounds=rounds),
@@ -331,8 +333,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=1, help="pictures per prompt, each on its own seed (tests: 1)")
+    ap.add_argument("--precision", default="full", choices=("full", "bf16", "auto"),
+                    help="full: fp32 (the recorded scores); bf16: UNet and text encoder in bf16, VAE fp32; "
+                         "auto: as the studio on this machine")
     args = ap.parse_args(argv)
-    report = measure(args.checkpoint, steps=args.steps, rounds=args.rounds)
+    report = measure(args.checkpoint, steps=args.steps, rounds=args.rounds, precision=args.precision)
     print("\n".join(report.lines()))
     missed = report.shortfalls()
     print("goals missed: " + "; ".join(missed) if missed else "all four goals met")

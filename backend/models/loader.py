@@ -13,10 +13,19 @@ from typing import Mapping
 
 import torch
 from accelerate import init_empty_weights
-from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline,
-                       StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline, UNet2DConditionModel)
-from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
-                                                 convert_ldm_vae_checkpoint, convert_open_clip_checkpoint)
+from diffusers import (
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from backend.devices import DeviceSettings
@@ -24,6 +33,7 @@ from backend.models import architecture as arch
 from backend.models.errors import CheckpointLoadError
 from backend.models.safe_load import read_state_dict
 from backend.models.types import ModelFamily, ModelVariant
+from backend.models.vae_precision import OwnPrecisionVae
 
 _V_PARAM = re.compile(r"parameterization:\s*[\"']?v[\"']?\s*$", re.MULTILINE)
 
@@ -41,7 +51,7 @@ def load_single_file(path: Path, device: DeviceSettings):
     sd, metadata = read_state_dict(path)
     try:
         variant = arch.detect_variant(sd, prediction_hint(path), arch.resolution_from_metadata(metadata))
-        pipe = build_pipeline(sd, variant, device.dtype)
+        pipe = build_pipeline(sd, variant, device.dtype, device.text_encoder, device.vae)
     except arch.UnsupportedCheckpoint as exc:
         raise CheckpointLoadError(f"{path.name}: {exc}") from None
     except (RuntimeError, KeyError, ValueError) as exc:  # shapes that contradict each other
@@ -49,34 +59,39 @@ def load_single_file(path: Path, device: DeviceSettings):
     return place(pipe, device), variant
 
 
-def build_pipeline(sd: Mapping[str, torch.Tensor], variant: ModelVariant, dtype: torch.dtype):
+def build_pipeline(sd: Mapping[str, torch.Tensor], variant: ModelVariant, dtype: torch.dtype,
+                   text_dtype: torch.dtype | None = None, vae_dtype: torch.dtype | None = None):
+    """`dtype` is the UNet's; the text encoders and the VAE may have their own (None: the UNet's)."""
     family = variant.family
+    text_dtype, vae_dtype = text_dtype or dtype, vae_dtype or dtype
     unet_cfg = arch.unet_config(sd, variant)
     unet = assemble(UNet2DConditionModel, unet_cfg, convert_ldm_unet_checkpoint(sd, unet_cfg), dtype)
     vae_cfg = arch.vae_config(sd, variant)
-    vae = assemble(AutoencoderKL, vae_cfg, convert_ldm_vae_checkpoint(sd, vae_cfg), dtype)
+    vae = assemble(OwnPrecisionVae, vae_cfg, convert_ldm_vae_checkpoint(sd, vae_cfg), vae_dtype)
     scheduler = EulerDiscreteScheduler.from_config(scheduler_config(variant))
 
     if family is ModelFamily.SD1:
-        text_encoder = _clip(sd, family, arch.CLIP_SD1, dtype)
+        text_encoder = _clip(sd, family, arch.CLIP_SD1, text_dtype)
         return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer_for(family, "tokenizer"),
                                        unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
     if family is ModelFamily.SD2:
-        text_encoder = _open_clip(sd, family, arch.OPENCLIP_SD2, "text_encoder", CLIPTextModel, dtype)
+        text_encoder = _open_clip(sd, family, arch.OPENCLIP_SD2, "text_encoder", CLIPTextModel, text_dtype)
         return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer_for(family, "tokenizer"),
                                        unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
     if family is ModelFamily.SDXL:
         return StableDiffusionXLPipeline(
-            vae=vae, text_encoder=_clip(sd, family, arch.CLIP_XL, dtype),
-            text_encoder_2=_open_clip(sd, family, arch.OPENCLIP_XL, "text_encoder_2", CLIPTextModelWithProjection, dtype),
+            vae=vae, text_encoder=_clip(sd, family, arch.CLIP_XL, text_dtype),
+            text_encoder_2=_open_clip(sd, family, arch.OPENCLIP_XL, "text_encoder_2", CLIPTextModelWithProjection,
+                                      text_dtype),
             tokenizer=tokenizer_for(family, "tokenizer"), tokenizer_2=tokenizer_for(family, "tokenizer_2"),
             unet=unet, scheduler=scheduler)
     # The refiner has only the OpenCLIP encoder and conditions on an aesthetic score.
     return StableDiffusionXLImg2ImgPipeline(
         vae=vae, text_encoder=None,
-        text_encoder_2=_open_clip(sd, family, arch.OPENCLIP_REFINER, "text_encoder_2", CLIPTextModelWithProjection, dtype),
+        text_encoder_2=_open_clip(sd, family, arch.OPENCLIP_REFINER, "text_encoder_2", CLIPTextModelWithProjection,
+                                  text_dtype),
         tokenizer=None, tokenizer_2=tokenizer_for(family, "tokenizer_2"), unet=unet, scheduler=scheduler,
         requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
 
@@ -137,9 +152,16 @@ def load_diffusers_folder(path: Path, device: DeviceSettings):
     if cls is None:
         raise CheckpointLoadError(f"{path.name}: diffusers pipeline {index.get('_class_name')!r} is not supported")
     try:
+        # The VAE in its own precision, the text encoders in theirs; from_pretrained takes one dtype for all.
+        parts = {"vae": OwnPrecisionVae.from_pretrained(path / "vae", torch_dtype=device.vae, local_files_only=True)}
+        for name in ("text_encoder", "text_encoder_2"):
+            if index.get(name) and index[name][0] and (path / name).is_dir() and device.text_encoder != device.dtype:
+                model_cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+                parts[name] = model_cls.from_pretrained(path / name, torch_dtype=device.text_encoder,
+                                                        local_files_only=True)
         pipe = cls.from_pretrained(path, torch_dtype=device.dtype, local_files_only=True, safety_checker=None,
-                                   requires_safety_checker=False) if cls is StableDiffusionPipeline else \
-            cls.from_pretrained(path, torch_dtype=device.dtype, local_files_only=True)
+                                   requires_safety_checker=False, **parts) if cls is StableDiffusionPipeline else \
+            cls.from_pretrained(path, torch_dtype=device.dtype, local_files_only=True, **parts)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointLoadError(f"{path.name}: could not load the diffusers folder ({_short(exc)})") from None
     unet_cfg = pipe.unet.config

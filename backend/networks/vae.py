@@ -25,6 +25,7 @@ from backend.models.errors import CheckpointLoadError
 from backend.models.loader import assemble
 from backend.models.safe_load import read_state_dict
 from backend.models.types import LoadedCheckpoint
+from backend.models.vae_precision import OwnPrecisionVae
 
 VAE_EXTENSIONS = (".safetensors", ".pt", ".ckpt", ".bin")
 AUTOMATIC, NONE = "Automatic", "None"
@@ -57,12 +58,12 @@ def read_vae(path: Path, loaded: LoadedCheckpoint) -> AutoencoderKL:
     dtype = loaded.pipe.vae.dtype
     try:
         if "encoder.down_blocks.0.resnets.0.conv1.weight" in sd:  # diffusers layout
-            vae = AutoencoderKL.from_config(loaded.pipe.vae.config)
+            vae = OwnPrecisionVae.from_config(loaded.pipe.vae.config)
             vae.load_state_dict(sd, strict=True)
             vae = vae.to(dtype).eval()
         elif "encoder.down.0.block.0.conv1.weight" in sd:
             config = arch.vae_config(sd, loaded.variant, prefix="")
-            vae = assemble(AutoencoderKL, config, convert_ldm_vae_checkpoint(sd, config), dtype)
+            vae = assemble(OwnPrecisionVae, config, convert_ldm_vae_checkpoint(sd, config), dtype)
         else:
             raise VaeError(f"{path.name}: not a VAE (no encoder.down weights)")
     except (RuntimeError, KeyError, ValueError) as exc:

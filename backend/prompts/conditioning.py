@@ -73,6 +73,9 @@ class PromptEncoder:
         fits, self.skipped = embeddings.for_widths(embedding_widths(pipe)) if embeddings else ([], [])
         self._matcher = EmbeddingMatcher(fits, self.encoders[0].tokenizer) if fits else None
         self._cache: dict[str, Conditioning] = {}
+        # The UNet's dtype: the text encoders may run in another precision (DeviceSettings.text_encoder).
+        unet = getattr(pipe, "unet", None)
+        self.dtype = unet.dtype if unet is not None else self.encoders[0].model.dtype
 
     def encode(self, text: str) -> Conditioning:
         if text not in self._cache:
@@ -91,7 +94,8 @@ class PromptEncoder:
                 if encoder.pooled and index == 0:
                     pooled = chunk_pooled
             per_encoder.append(torch.cat(chunks, dim=1))
-        return Conditioning(embeds=torch.cat(per_encoder, dim=-1), pooled=pooled,
+        return Conditioning(embeds=torch.cat(per_encoder, dim=-1).to(self.dtype),
+                            pooled=pooled.to(self.dtype) if pooled is not None else None,
                             embeddings_used=tokenized.embeddings_used)
 
     def _encode_chunk(self, encoder: _Encoder, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor | None]:
