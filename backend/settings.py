@@ -58,6 +58,10 @@ class Options(BaseModel):
     show_progress_every_n_steps: int = Field(
         5, ge=0, le=100, description="Update the live preview every this many steps; 0 turns it off."
     )
+    prompt_max_chunks: int = Field(
+        32, ge=1, le=1000, description="Longest prompt (and negative prompt), in chunks of 75 tokens; a longer "
+                                       "one is refused before it waits for the device.",
+    )
     sd_checkpoints_limit: int = Field(
         1, ge=1, le=10, description="How many checkpoints to keep loaded in memory at once."
     )

@@ -215,6 +215,7 @@ def test_png_keeps_the_infotext_chunk():
 class _FailingService:
     calls = 0
     samplers = BUILTIN_SAMPLERS
+    request_context = {"samplers": BUILTIN_SAMPLERS}
 
     def txt2img(self, request, job=None):
         self.calls += 1
@@ -273,6 +274,7 @@ def test_generation_runs_off_the_event_loop():
 
     class SlowService:
         samplers = BUILTIN_SAMPLERS
+        request_context = {"samplers": BUILTIN_SAMPLERS}
 
         def txt2img(self, request, job=None):
             assert release.wait(10)

@@ -323,7 +323,9 @@ def _shared_fields(req: ApiProcessing, options: Options, catalog=None) -> dict[s
 
 def _validate(model: type, fields: dict[str, Any], req: ApiProcessing, catalog=None):
     try:
-        return model.model_validate(fields, context={"samplers": _samplers(catalog)})
+        # The studio's context: its samplers, and its prompt length limit (a 422 before the job is queued).
+        context = catalog.request_context if catalog is not None else {"samplers": BUILTIN_SAMPLERS}
+        return model.model_validate(fields, context=context)
     except ValidationError as err:
         raise ApiFieldError(_validation_problems(err, req)) from err
 

@@ -138,6 +138,14 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"unknown schedule type {value!r}; choose one of: {', '.join(SCHEDULE_TYPES)}")
         return value
 
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _prompt_length(cls, value: str, info: ValidationInfo) -> str:
+        limit = (info.context or {}).get("prompt_limit")  # the studio's PromptLimit; none: not checked here
+        if limit is not None:
+            limit.check(value, info.field_name.replace("_", " "))
+        return value
+
     @model_validator(mode="after")
     def _sampler_schedule(self, info: ValidationInfo) -> "GenerationRequest":
         samplers_of(info).effective_schedule(self.sampler_name, self.scheduler)  # e.g. "Euler a" has no Karras

@@ -31,6 +31,7 @@ from backend.images.saving import FilenameTags, date_subdir, save_image
 from backend.models.errors import UnknownCheckpointError
 from backend.models.types import LoadedCheckpoint
 from backend.networks.library import Activation, NetworkLibrary
+from backend.prompts.length import PromptLimit
 
 if TYPE_CHECKING:
     from backend.extras.in_generation import GenerationExtras
@@ -53,6 +54,7 @@ class GenerationService:
         self.manager = manager
         self.hooks = hooks or Hooks()  # extensions' prompt transformers and before / after job hooks
         self.samplers = samplers or BUILTIN_SAMPLERS  # the built-in table and the extensions' samplers
+        self.prompt_limit = PromptLimit(lambda: options_store.options.prompt_max_chunks)
         self.extras = extras  # model upscalers for hires. fix and "Restore faces"
         self.networks = networks
         self.control = control
@@ -72,7 +74,7 @@ class GenerationService:
     @property
     def request_context(self) -> dict:
         """What requests are validated against here: `Txt2ImgRequest.model_validate(data, context=...)`."""
-        return {"samplers": self.samplers}
+        return {"samplers": self.samplers, "prompt_limit": self.prompt_limit}
 
     # --- scripts (the Script dropdown, the API's script_name) ---
     def scripts(self, kind: str | None = None) -> list[Script]:
@@ -135,6 +137,10 @@ class GenerationService:
             prompts, negatives, expand_warnings = self.hooks.expand_prompts(prompt, negative, seeds, request)
             hook_warnings += expand_warnings
             image_prompts = {s: (p, n) for s, p, n in zip(seeds, prompts, negatives)}
+        # The texts the encoder will get (styles, extensions' changes): a long one never waits for the device.
+        for text, what in [(prompt, "prompt"), (negative, "negative prompt"),
+                           *((t, "prompt") for pair in (image_prompts or {}).values() for t in pair)]:
+            self.prompt_limit.check(text, what)
         hook_warnings += self.hooks.run("before_job", request)
         job.preview_every_n_steps = options.show_progress_every_n_steps if options.live_previews_enable else 0
         started = datetime.now()
