@@ -87,6 +87,10 @@ def test_the_parts_load_in_their_own_precision(contexts):
     pipe = contexts["bf16"].manager.load("sd1.safetensors").pipe
     assert (pipe.unet.dtype, pipe.text_encoder.dtype, pipe.vae.dtype) == (torch.bfloat16, torch.bfloat16,
                                                                            torch.float32)
+    conv = pipe.unet.conv_in.weight  # channels-last in bf16, where it measured faster
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    full = contexts["full"].manager.load("sd1.safetensors").pipe.unet.conv_in.weight
+    assert full.is_contiguous()
 
 
 def _picture() -> Image.Image:
@@ -171,4 +175,16 @@ def test_settings_and_the_console_say_what_each_part_runs_in(contexts):
     config = build_ui(contexts["bf16"], allow_folders=False).get_config_file()
     shown = next(c["props"]["value"] for c in config["components"]
                  if c.get("props", {}).get("elem_id") == "settings_precision")
-    assert "UNet bf16, text encoders bf16, VAE fp32 (bf16 (--precision bf16))" in shown
+    assert "UNet bf16, text encoders bf16, VAE fp32, channels-last UNet (bf16 (--precision bf16))" in shown
+
+
+def test_the_channels_last_layout_changes_no_output_beyond_float_noise(contexts):
+    ctx = contexts["bf16"]
+    unet = ctx.manager.load("sd1.safetensors").pipe.unet
+    channels_last = _pixels(ctx.service.txt2img(Txt2ImgRequest(**JOB)).images[0])
+    unet.to(memory_format=torch.contiguous_format)
+    try:
+        contiguous = _pixels(ctx.service.txt2img(Txt2ImgRequest(**JOB)).images[0])
+    finally:
+        unet.to(memory_format=torch.channels_last)
+    assert np.abs(channels_last - contiguous).mean() < 1.0  # summation order only

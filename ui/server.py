@@ -170,8 +170,8 @@ def serve_studio(args: argparse.Namespace) -> None:
     if args.ckpt:
         ctx.options.update(sd_model_checkpoint=ctx.manager.find(args.ckpt).title)
     parts = device.describe()
-    log.info("device %s: UNet %s, text encoders %s, VAE %s (%s); %d checkpoint(s) found", parts["device"],
-             parts["unet"], parts["text encoders"], parts["vae"], parts["why"],
+    log.info("device %s: UNet %s, text encoders %s, VAE %s, %s (%s); %d checkpoint(s) found", parts["device"],
+             parts["unet"], parts["text encoders"], parts["vae"], parts["layout"], parts["why"],
              sum(1 for e in ctx.manager.checkpoints() if e.error is None))
     for warning in exposure_warnings(args, ui_auth, api_auth):
         log.warning(warning)

@@ -182,6 +182,8 @@ def place(pipe, device: DeviceSettings):
         pipe.enable_model_cpu_offload(device=device.device)
     else:
         pipe.to(device.device)
+    if device.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
