@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,6 +36,7 @@ from backend.devices import DeviceSettings, cpu_has_native_bf16  # noqa: E402
 from backend.generation.request import Txt2ImgRequest  # noqa: E402
 from backend.models import architecture as arch  # noqa: E402
 from backend.models.types import ModelFamily  # noqa: E402
+from tests.bench_txt2img import median_seconds as seconds  # noqa: E402
 from tests.fixtures.tiny_checkpoints import TinySpec, to_original_layout  # noqa: E402
 
 FULL_SIZE = Path(tempfile.gettempdir()) / "studio-bench" / "sd15-random.safetensors"
@@ -55,16 +54,6 @@ def write_full_size_sd15(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(to_original_layout(TinySpec("sd1"), parts), str(path))
     return path
-
-
-def seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: first-call allocations, oneDNN kernels
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def bench_model(checkpoint: Path, size: int, steps: int, repeats: int) -> dict:
