@@ -8,7 +8,6 @@ from typing import Literal
 import torch
 
 Offload = Literal["none", "model", "sequential"]
-Precision = Literal["auto", "full", "half", "bf16", "autocast"]
 PRECISIONS: tuple[str, ...] = ("auto", "full", "half", "bf16", "autocast")
 
 # /proc/cpuinfo flags of CPUs that compute in bf16 natively (AVX512-BF16 dot products, AMX tiles).

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from backend.prompts.attention import BREAK, parse_attention
 from backend.prompts.tokens import CHUNK_LENGTH, COMMA_BACKTRACK, tokenize_weighted
 
-# No CLIP token spans more characters than this (with its space), so a text longer than
-# limit * 75 * this cannot fit and is refused without tokenizing it.
-_MAX_CHARS_PER_TOKEN = 32
+# No token of the CLIP vocabulary spans more than 32 characters (its longest entries are runs of emoji
+# bytes); with the space between two tokens, a text whose whitespace is collapsed and is longer than
+# limit * 75 * this cannot fit, and is refused without tokenizing it.
+_MAX_CHARS_PER_TOKEN = 33
 
 
 class PromptTooLongError(ValueError):
@@ -41,12 +42,13 @@ class PromptLimit:
 
     def check(self, text: str, what: str = "prompt") -> None:
         limit = self._max_chunks()
+        length = len(" ".join(text.split()))  # whitespace makes no tokens
         # A token takes at least one character and a chunk at least 75 - 20 tokens (it may break at a comma),
         # so a short text without BREAK fits without being tokenized.
-        if len(text) <= limit * (CHUNK_LENGTH - COMMA_BACKTRACK) and BREAK not in text:
+        if length <= limit * (CHUNK_LENGTH - COMMA_BACKTRACK) and BREAK not in text:
             return
-        if len(text) > limit * CHUNK_LENGTH * _MAX_CHARS_PER_TOKEN:
-            raise PromptTooLongError(f"the {what} is {len(text):,} characters, far over the limit of {limit} "
+        if length > limit * CHUNK_LENGTH * _MAX_CHARS_PER_TOKEN:
+            raise PromptTooLongError(f"the {what} is {length:,} characters, far over the limit of {limit} "
                                      f"chunks of {CHUNK_LENGTH} tokens (Settings: prompt_max_chunks)")
         found = self.chunks(text)
         if found > limit:
