@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="auto: fp16 on a GPU, bf16 on a CPU that computes it natively (avx512_bf16 / amx), "
                         "else fp32; full: fp32 everywhere; half: fp16 on a GPU, bf16 on a CPU; bf16: bf16; "
                         "autocast: as auto (A1111's name)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="compile the UNet with torch.compile (backend inductor unless named): slow first job at "
+                        "each picture size (minutes on a CPU), faster steps after; off by default")
     p.add_argument("--medvram", action="store_true", help="keep only the active model part on the GPU")
     p.add_argument("--lowvram", action="store_true", help="stream weights to the GPU layer by layer (slow)")
     p.add_argument("--hide-ui-dir-config", action="store_true",

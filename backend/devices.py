@@ -43,6 +43,7 @@ class DeviceSettings:
     text_encoder_dtype: torch.dtype | None = None  # None: as the UNet
     vae_dtype: torch.dtype | None = None  # None: as the UNet
     reason: str = ""  # why this precision (shown at start and in Settings)
+    compile: str | None = None  # --compile: the torch.compile backend for the UNet (inductor); None runs it eagerly
 
     @property
     def text_encoder(self) -> torch.dtype:
@@ -63,13 +64,15 @@ class DeviceSettings:
         return {"device": str(self.device), "unet": _dtype_name(self.dtype),
                 "text encoders": _dtype_name(self.text_encoder), "vae": _dtype_name(self.vae),
                 "layout": "channels-last UNet" if self.channels_last else "contiguous",
+                "unet compile": f"torch.compile ({self.compile}), once per shape" if self.compile else "off (eager)",
                 "why": self.reason}
 
     @classmethod
     def from_flags(cls, device: str | None = None, no_half: bool = False, lowvram: bool = False,
                    medvram: bool = False, precision: str = "auto", no_half_vae: bool = False,
-                   native_bf16=cpu_has_native_bf16) -> "DeviceSettings":
+                   compile: bool | str | None = None, native_bf16=cpu_has_native_bf16) -> "DeviceSettings":
         """A1111's flags: `--precision full` and `--no-half` mean fp32; `autocast` is taken as `auto`.
+        `compile`: True (inductor) or a torch.compile backend's name compiles the UNet.
         `native_bf16()` says whether the CPU has bf16 (a probe; tests give their own)."""
         if device:
             dev = torch.device(device)
@@ -87,8 +90,9 @@ class DeviceSettings:
         offload: Offload = "sequential" if lowvram else "model" if medvram else "none"
         if dev.type == "cpu":
             offload = "none"  # offloading to the CPU from the CPU means nothing
+        backend = "inductor" if compile is True else (compile or None)
         return cls(device=dev, dtype=dtype, offload=offload, vae_dtype=None if vae_dtype == dtype else vae_dtype,
-                   reason=reason)
+                   reason=reason, compile=backend)
 
     @property
     def generator_device(self) -> str:

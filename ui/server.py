@@ -152,7 +152,8 @@ def announce_when_started(server: StudioServer, args: argparse.Namespace, api_au
 def serve_studio(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     device = DeviceSettings.from_flags(args.device, args.no_half, args.lowvram, args.medvram,
-                                       precision=args.precision, no_half_vae=args.no_half_vae)
+                                       precision=args.precision, no_half_vae=args.no_half_vae,
+                                       compile=getattr(args, "compile", None))
     paths = AppPaths(root=args.data_dir.resolve(), checkpoint_dirs=[d.resolve() for d in args.ckpt_dir or []],
                      lora_dirs=[d.resolve() for d in args.lora_dir or []],
                      embedding_dirs=[d.resolve() for d in args.embeddings_dir or []],
@@ -170,8 +171,9 @@ def serve_studio(args: argparse.Namespace) -> None:
     if args.ckpt:
         ctx.options.update(sd_model_checkpoint=ctx.manager.find(args.ckpt).title)
     parts = device.describe()
-    log.info("device %s: UNet %s, text encoders %s, VAE %s, %s (%s); %d checkpoint(s) found", parts["device"],
-             parts["unet"], parts["text encoders"], parts["vae"], parts["layout"], parts["why"],
+    log.info("device %s: UNet %s, text encoders %s, VAE %s, %s, compile %s (%s); %d checkpoint(s) found",
+             parts["device"], parts["unet"], parts["text encoders"], parts["vae"], parts["layout"],
+             parts["unet compile"], parts["why"],
              sum(1 for e in ctx.manager.checkpoints() if e.error is None))
     for warning in exposure_warnings(args, ui_auth, api_auth):
         log.warning(warning)

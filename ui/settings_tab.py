@@ -53,7 +53,8 @@ def build_settings_tab(ctx: AppContext) -> None:
     result = gr.Markdown(elem_id="settings_result")
     parts = ctx.device.describe()  # chosen at start by --precision and the hardware
     gr.Markdown(f"Running on **{parts['device']}**: UNet {parts['unet']}, text encoders {parts['text encoders']}, "
-                f"VAE {parts['vae']}, {parts['layout']} ({parts['why']}).", elem_id="settings_precision")
+                f"VAE {parts['vae']}, {parts['layout']}, UNet compile {parts['unet compile']} ({parts['why']}).",
+                elem_id="settings_precision")
     samplers = ctx.service.samplers.names()
     widgets = [_widget(n, Options.model_fields[n], getattr(current, n), samplers) for n in names]
     own = build_extension_settings(ctx)

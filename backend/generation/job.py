@@ -109,6 +109,11 @@ class JobControl:
             self.passes_done_steps += self.total_steps
             self.step = 0
 
+    def set_text(self, text: str) -> None:
+        """What the job is doing now, beside the step count (e.g. compiling the UNet)."""
+        with self._lock:
+            self.text = text
+
     def set_preview(self, image: Image.Image) -> None:
         with self._lock:
             self.preview = image

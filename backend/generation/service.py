@@ -6,6 +6,7 @@ the images and builds A1111's `info`.
 """
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,8 +152,10 @@ class GenerationService:
                     if self.networks else Activation()
                 plan = self._control_plan(loaded, request)
                 tiled = (loaded.pipe.unet, loaded.pipe.vae, activation.vae)
+                compiler = self.manager.compiler  # --compile: a first job at a new size says it is compiling
+                reporting = compiler.reporting(job.set_text) if compiler is not None else contextlib.nullcontext()
                 try:
-                    with seamless_tiling(tiled, enabled=request.tiling):  # this job only: undone on the way out
+                    with seamless_tiling(tiled, enabled=request.tiling), reporting:  # this job only
                         output = runner(loaded, request, job, device_settings=self.device_settings,
                                         prompt=prompt, negative_prompt=negative, control=plan, extras=self.extras,
                                         hooks=self.hooks, image_prompts=image_prompts, samplers=self.samplers,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from backend.devices import DeviceSettings, release_cached_memory
 from backend.models import architecture as arch
+from backend.models.compiled import UnetCompiler
 from backend.models.errors import CheckpointLoadError, UnknownCheckpointError
 from backend.models.hashing import HashCache
 from backend.models.loader import load_diffusers_folder, load_single_file, prediction_hint
@@ -31,6 +32,7 @@ class ModelManager:
         self.checkpoint_dirs = [Path(d) for d in checkpoint_dirs]
         self.builtin = [Path(p) for p in builtin or []]  # shipped checkpoints, listed after the user's
         self.device = device
+        self.compiler = UnetCompiler(device.compile) if device.compile else None  # --compile
         self.hashes = hash_cache or HashCache(None)
         self.device_lock = threading.RLock()  # one job on the device at a time
         self._lock = threading.RLock()  # guards the list and the cache
@@ -145,6 +147,8 @@ class ModelManager:
             pipe, variant = load_single_file(info.path, self.device)
             info.sha256 = self.hashes.sha256(info.path)
         info.variant = variant
+        if self.compiler is not None:
+            self.compiler.compile(pipe.unet)
         return LoadedCheckpoint(info=info, variant=variant, pipe=pipe)
 
     def unload_all(self) -> None:
