@@ -175,7 +175,8 @@ def test_settings_and_the_console_say_what_each_part_runs_in(contexts):
     config = build_ui(contexts["bf16"], allow_folders=False).get_config_file()
     shown = next(c["props"]["value"] for c in config["components"]
                  if c.get("props", {}).get("elem_id") == "settings_precision")
-    assert "UNet bf16, text encoders bf16, VAE fp32, channels-last UNet (bf16 (--precision bf16))" in shown
+    assert ("UNet bf16, text encoders bf16, VAE fp32, channels-last UNet, UNet compile off (eager) "
+            "(bf16 (--precision bf16))") in shown
 
 
 def test_the_channels_last_layout_changes_no_output_beyond_float_noise(contexts):
