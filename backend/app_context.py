@@ -21,6 +21,7 @@ from backend.interrogate import InterrogateService
 from backend.models.hashing import HashCache
 from backend.models.manager import ModelManager
 from backend.networks.library import NetworkLibrary
+from backend.previews.library import PreviewDecoders
 from backend.prompts.styles import StyleStore
 from backend.server_control import ServerControl
 from backend.settings import Options, OptionsStore
@@ -109,9 +110,10 @@ def build_app_context(paths: AppPaths, device: DeviceSettings, command_flags: di
     extensions = load_extensions(paths.extension_folders(), disabled=disabled, disable_all=disable_all,
                                  reserved=reserved_names(options, control), options=current_values(options))
     hand_over(extensions.hooks, options, extras, control)
+    previews = PreviewDecoders([paths.root / "models" / "VAE-approx"], device.device, device.vae)
     service = GenerationService(manager, options, styles, device, root=paths.root, networks=networks, control=control,
                                 extras=GenerationExtras(extras, options), hooks=extensions.hooks,
-                                samplers=sampler_catalog(extensions.hooks))
+                                samplers=sampler_catalog(extensions.hooks), previews=previews)
     options.subscribe(lambda old, new: _apply_control_options(control, old, new))
     return AppContext(root=paths.root, options=options, styles=styles, manager=manager, service=service, device=device,
                       networks=networks, control=control, extras=extras, extras_service=ExtrasService(extras, service),

@@ -58,6 +58,15 @@ class Options(BaseModel):
     show_progress_every_n_steps: int = Field(
         5, ge=0, le=100, description="Update the live preview every this many steps; 0 turns it off."
     )
+    show_progress_type: Literal["Full", "Approx NN", "Approx cheap", "TAESD"] = Field(
+        "Approx cheap", description="How live previews are made: Full (the VAE: exact, slowest), Approx NN "
+                                    "(models/VAE-approx/model.pt), Approx cheap (no file, fastest) or TAESD "
+                                    "(models/VAE-approx/taesd_decoder.pth, taesdxl_decoder.pth for SDXL).",
+    )
+    sd_vae_decode_method: Literal["Full", "TAESD"] = Field(
+        "Full", description="Decode finished pictures with the full VAE, or with TAESD for the fastest drafts "
+                            "(softer detail; needs the TAESD file in models/VAE-approx).",
+    )
     prompt_max_chunks: int = Field(
         32, ge=1, le=1000, description="Longest prompt (and negative prompt), in chunks of 75 tokens; a longer "
                                        "one is refused before it waits for the device.",

@@ -345,6 +345,7 @@ class FakeManager:
         self.loaded = loaded
         self.device_lock = threading.RLock()
         self.requested: list[str] = []
+        self.compiler = None  # no --compile
 
     def load(self, name: str) -> LoadedCheckpoint:
         assert self.device_lock._is_owned()  # loading happens under the device lock

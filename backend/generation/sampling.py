@@ -40,6 +40,7 @@ from backend.generation.variation import NoiseVariation, resolve_subseed, with_v
 from backend.images.infotext import format_infotext
 from backend.models.types import LoadedCheckpoint
 from backend.networks.embeddings import EmbeddingStore
+from backend.previews.library import JobPreviews
 from backend.prompts.conditioning import PromptEncoder, StepConditioning
 from backend.prompts.extra_networks import strip_tags
 
@@ -123,7 +124,10 @@ class StepCallback:
         every = self.job.preview_every_n_steps
         if every > 0 and done and done % every == 0 and done != self._last_preview:
             self._last_preview = done
-            self.job.set_preview(latents_to_preview(callback_kwargs["latents"], self.family))
+            latents = callback_kwargs["latents"]
+            previews = self.run.previews if self.run is not None else None
+            self.job.set_preview(previews.preview(pipe, latents, self.family) if previews is not None
+                                 else latents_to_preview(latents, self.family))
         if self.run is not None and self.run.hooks is not None and self.run.hooks.step_callbacks:
             step = StepInfo(latents=callback_kwargs["latents"], step=done, timestep=t, total=self.steps,
                             request=self.run.request)
@@ -148,8 +152,9 @@ class SamplingRun:
                  network_params: dict[str, object] | None = None, vae=None, vae_params: dict | None = None,
                  control: ControlPlan | None = None, extras: GenerationExtras | None = None,
                  hooks: Hooks | None = None, image_prompts: dict[int, tuple[str, str]] | None = None,
-                 samplers: SamplerCatalog | None = None):
+                 samplers: SamplerCatalog | None = None, previews: JobPreviews | None = None):
         self.loaded, self.request, self.job = loaded, request, job
+        self.previews = previews  # live preview method and final decode (TAESD drafts); None: Approx cheap
         self.samplers = samplers or BUILTIN_SAMPLERS  # the studio's samplers, extensions' among them
         self.hooks = hooks  # extensions' per-step callbacks and postprocessing
         # Each picture's own (prompt, negative) by its seed (dynamic prompts); None: all use `prompt`.
@@ -247,6 +252,11 @@ class SamplingRun:
         if self.control is not None:
             self.control.start_pass(pipe)
             kwargs.update(self.control.pipeline_kwargs(n))
+        # "Decode with TAESD": the pipeline stops at the latents and the tiny decoder makes the pictures.
+        taesd = self.previews.final_decoder(self.family) \
+            if self.previews is not None and kwargs.get("output_type") == "pil" else None
+        if taesd is not None:
+            kwargs["output_type"] = "latent"
         self.job.begin_pass(job_no, steps, text)
         try:
             result = pipe(**conditioning.pipeline_kwargs(), guidance_scale=self.request.cfg_scale,
@@ -254,6 +264,10 @@ class SamplingRun:
                           callback_on_step_end_tensor_inputs=["latents", *conditioning.callback_inputs()], **kwargs)
         finally:
             self.job.end_pass()
+            if self.previews is not None:
+                self.warn(self.previews.warnings)
+        if taesd is not None:
+            return self.previews.decode_final(taesd, result.images), callback.stopped
         return result.images, callback.stopped
 
     # --- infotext ---

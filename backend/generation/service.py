@@ -32,6 +32,7 @@ from backend.images.saving import FilenameTags, date_subdir, save_image
 from backend.models.errors import UnknownCheckpointError
 from backend.models.types import LoadedCheckpoint
 from backend.networks.library import Activation, NetworkLibrary
+from backend.previews.library import JobPreviews, PreviewDecoders
 from backend.prompts.length import PromptLimit
 
 if TYPE_CHECKING:
@@ -51,8 +52,9 @@ class GenerationService:
     def __init__(self, manager, options_store, styles, device_settings, *, root: Path | None = None,
                  networks: NetworkLibrary | None = None, control: ControlLibrary | None = None,
                  extras: GenerationExtras | None = None, hooks: Hooks | None = None,
-                 samplers: SamplerCatalog | None = None):
+                 samplers: SamplerCatalog | None = None, previews: PreviewDecoders | None = None):
         self.manager = manager
+        self.previews = previews  # the models of models/VAE-approx (TAESD, Approx NN)
         self.hooks = hooks or Hooks()  # extensions' prompt transformers and before / after job hooks
         self.samplers = samplers or BUILTIN_SAMPLERS  # the built-in table and the extensions' samplers
         self.prompt_limit = PromptLimit(lambda: options_store.options.prompt_max_chunks)
@@ -159,6 +161,8 @@ class GenerationService:
                         output = runner(loaded, request, job, device_settings=self.device_settings,
                                         prompt=prompt, negative_prompt=negative, control=plan, extras=self.extras,
                                         hooks=self.hooks, image_prompts=image_prompts, samplers=self.samplers,
+                                        previews=JobPreviews(self.previews, options.show_progress_type,
+                                                             options.sd_vae_decode_method),
                                         **activation.runner_kwargs(self.networks.embeddings if self.networks else None))
                 finally:
                     if plan is not None:
