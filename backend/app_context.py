@@ -98,7 +98,8 @@ def build_app_context(paths: AppPaths, device: DeviceSettings, command_flags: di
     styles = StyleStore(paths.styles_file, STARTER_STYLES)
     dirs = paths.checkpoint_dirs or [paths.root / "models" / "Stable-diffusion"]
     manager = ModelManager(dirs, device, cache_size=options.options.sd_checkpoints_limit,
-                           hash_cache=HashCache(paths.cache_file), builtin=paths.builtin_checkpoints)
+                           hash_cache=HashCache(paths.cache_file), builtin=paths.builtin_checkpoints,
+                           keep_in_cpu=options.options.sd_checkpoints_keep_in_cpu)
     options.subscribe(lambda old, new: _apply_options(manager, old, new))
     networks = NetworkLibrary(paths.lora_dirs or [paths.root / "models" / "Lora"],
                               paths.embedding_dirs or [paths.root / "models" / "embeddings"],
@@ -132,6 +133,8 @@ def _apply_options(manager: ModelManager, old: Options, new: Options) -> None:
     """Settings that take effect at once, without a restart."""
     if old.sd_checkpoints_limit != new.sd_checkpoints_limit:
         manager.cache_size = new.sd_checkpoints_limit
+    if old.sd_checkpoints_keep_in_cpu != new.sd_checkpoints_keep_in_cpu:
+        manager.keep_in_cpu = new.sd_checkpoints_keep_in_cpu  # takes effect at the next checkpoint switch
 
 
 def _apply_control_options(control: ControlLibrary, old: Options, new: Options) -> None:

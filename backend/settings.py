@@ -74,6 +74,10 @@ class Options(BaseModel):
     sd_checkpoints_limit: int = Field(
         1, ge=1, le=10, description="How many checkpoints to keep loaded in memory at once."
     )
+    sd_checkpoints_keep_in_cpu: bool = Field(
+        True, description="Keep the cached checkpoints that are not in use in RAM, not in VRAM: only the current "
+                          "one takes GPU memory; switching back moves it to the GPU again (seconds, no disk read).",
+    )
     default_sampler: str = Field(
         "Euler a", description="Sampler picked when a new generation does not name one."
     )

@@ -28,7 +28,7 @@ CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 class ModelManager:
     def __init__(self, checkpoint_dirs: list[Path], device: DeviceSettings, cache_size: int = 1,
-                 hash_cache: HashCache | None = None, builtin: list[Path] | None = None):
+                 hash_cache: HashCache | None = None, builtin: list[Path] | None = None, keep_in_cpu: bool = True):
         self.checkpoint_dirs = [Path(d) for d in checkpoint_dirs]
         self.builtin = [Path(p) for p in builtin or []]  # shipped checkpoints, listed after the user's
         self.device = device
@@ -37,6 +37,7 @@ class ModelManager:
         self.device_lock = threading.RLock()  # one job on the device at a time
         self._lock = threading.RLock()  # guards the list and the cache
         self._cache_size = max(1, cache_size)
+        self.keep_in_cpu = keep_in_cpu  # A1111's sd_checkpoints_keep_in_cpu: cached, not current -> RAM
         self._entries: list[CheckpointInfo] = []
         self._loaded: OrderedDict[Path, LoadedCheckpoint] = OrderedDict()  # least recently used first
         self.refresh()
@@ -131,13 +132,39 @@ class ModelManager:
         with self._lock:
             if key in self._loaded:  # hot swap: already in memory
                 self._loaded.move_to_end(key)
+                self._park_all_but(key)
                 return self._loaded[key]
+            # The current model goes to RAM first, so the new one has the VRAM it held.
+            self._park_all_but(None)
         # Build the new model completely before anything is evicted, so a bad file loses nothing.
         loaded = self._read(info)
         with self._lock:
             self._evict(keep=self._cache_size - 1)
             self._loaded[key] = loaded
             return loaded
+
+    def _parks(self) -> bool:
+        """Whether cached models that are not current move to RAM: on an accelerator without offloading
+        (offloading moves the parts itself), when the cache keeps more than one model."""
+        return (self.keep_in_cpu and self.device.device.type != "cpu" and self.device.offload == "none"
+                and self._cache_size > 1)
+
+    def _park_all_but(self, current: Path | None) -> None:
+        """`current` on the device, every other cached model in RAM (when parking is on)."""
+        if self.device.device.type == "cpu" or self.device.offload != "none":
+            return
+        moved = False
+        for key, loaded in self._loaded.items():
+            in_ram = loaded.pipe.unet.device.type == "cpu"
+            if key == current and in_ram:
+                log.info("moving checkpoint %s to %s", loaded.info.name, self.device.device)
+                loaded.pipe.to(self.device.device)
+            elif key != current and not in_ram and self._parks():
+                log.info("keeping checkpoint %s in RAM (sd_checkpoints_keep_in_cpu)", loaded.info.name)
+                loaded.pipe.to("cpu")
+                moved = True
+        if moved:
+            release_cached_memory()  # the VRAM the parked models held goes back to the allocator
 
     def _read(self, info: CheckpointInfo) -> LoadedCheckpoint:
         log.info("loading checkpoint %s", info.name)
