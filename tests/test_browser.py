@@ -236,8 +236,16 @@ def test_controlnet_canny_unit_preview_and_generate(running_studio):
         page.locator(f"{unit}_refresh").click()  # the ControlNet arrived after start
         page.wait_for_timeout(1000)
         _pick(page, f"{unit}_model", "control_tiny_sd15")
-        page.locator(f"{unit}_detect").click()
-        expect(page.locator(f"{unit}_preview img")).to_be_visible(timeout=60_000)
+        # The editor shows no sign when its upload has reached the server: on a loaded machine a first 💥 can
+        # come before it (and preview nothing), so press again until the preview shows.
+        for attempt in range(4):
+            page.locator(f"{unit}_detect").click()
+            try:
+                expect(page.locator(f"{unit}_preview img")).to_be_visible(timeout=20_000)
+                break
+            except AssertionError:
+                if attempt == 3:
+                    raise
         _fill_txt2img(page, "a red square", seed=21, steps=3, size=64)
         expect(page.locator("#txt2img_info")).to_contain_text("ControlNet 0", timeout=120_000)
         expect(page.locator("#txt2img_info")).to_contain_text("Module: canny")
