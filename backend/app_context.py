@@ -111,7 +111,8 @@ def build_app_context(paths: AppPaths, device: DeviceSettings, command_flags: di
     extensions = load_extensions(paths.extension_folders(), disabled=disabled, disable_all=disable_all,
                                  reserved=reserved_names(options, control), options=current_values(options))
     hand_over(extensions.hooks, options, extras, control)
-    previews = PreviewDecoders([paths.root / "models" / "VAE-approx"], device.device, device.vae)
+    previews = PreviewDecoders([paths.root / "models" / "VAE-approx"], device.device, device.vae,
+                               channels_last=device.vae_channels_last)
     service = GenerationService(manager, options, styles, device, root=paths.root, networks=networks, control=control,
                                 extras=GenerationExtras(extras, options), hooks=extensions.hooks,
                                 samplers=sampler_catalog(extensions.hooks), previews=previews)

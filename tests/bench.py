@@ -64,6 +64,7 @@ from safetensors.torch import save_file  # noqa: E402
 from backend.control.units import ControlUnit  # noqa: E402
 from backend.devices import DeviceSettings  # noqa: E402
 from backend.generation.request import HiresFix, Img2ImgRequest, Txt2ImgRequest  # noqa: E402
+from backend.previews.library import PREVIEW_METHODS  # noqa: E402
 from tests.bench_controlnet import controlnet_for  # noqa: E402
 from tests.bench_precision import FULL_SIZE, bench_precision, write_full_size_sd15  # noqa: E402
 from tests.bench_rows import (  # noqa: E402
@@ -298,35 +299,37 @@ def row_precision(b: Bench) -> list[Row]:
     return rows
 
 
-PREVIEW_CASES = (  # (show_progress_type, every n steps, sd_vae_decode_method)
-    ("Approx cheap", 1, "Full"), ("Approx cheap", 5, "Full"), ("Approx NN", 1, "Full"), ("TAESD", 1, "Full"),
-    ("TAESD", 5, "Full"), ("Full", 5, "Full"), (None, 0, "TAESD"))
+PREVIEW_JOBS = (  # (show_progress_type, every n steps, sd_vae_decode_method): whole jobs against previews off
+    ("Approx cheap", 1, "Full"), ("TAESD", 1, "Full"), (None, 0, "TAESD"))
 
 
 def row_previews(b: Bench) -> list[Row]:
-    """Live previews on (each method, every step and every 5th) against off; and decoding with TAESD.
+    """Each preview method's cost per preview (timed on a step's latents, against one step of the job) and
+    whole jobs with previews every step against previews off; and "decode with TAESD" against the VAE.
     The TAESD and Approx NN files are random weights at their real sizes (tests/fixtures/tiny_previews.py)."""
     model = b.main
-    off, _ = b.context(model)
+    off, loaded = b.context(model)
     on, _ = b.context(model, tag="previews")
     folder = on.root / "models" / "VAE-approx"
     write_taesd_decoder(folder / "taesd_decoder.pth")
     write_vae_approx(folder / "model.pt")
     request = Txt2ImgRequest(**b.request(model))
+    plain = median_seconds(lambda: off.service.txt2img(request), b.repeats)
+    step = plain / model.steps  # a step's share of the whole job (encode and decode included)
+    latents = noise(loaded, model.size)
     rows = []
-    for method, every, decode in PREVIEW_CASES:
+    for method in PREVIEW_METHODS:
+        previews = on.service.previews.for_job(method)
+        each = median_seconds(lambda: previews.preview(loaded.pipe, latents, loaded.variant.family), 5)
+        rows.append(Row(f"one {method} preview", model.label, str(model.size), "-", each, step,
+                        vs="one step", note=f"{each / step * 100:.1f}% of a step"))
+    for method, every, decode in PREVIEW_JOBS:
         on.options.update(live_previews_enable=method is not None, show_progress_type=method or "Approx cheap",
                           show_progress_every_n_steps=every, sd_vae_decode_method=decode)
         ours, base = side_by_side(lambda: on.service.txt2img(request), lambda: off.service.txt2img(request),
                                   b.repeats)
-        if method is None:
-            name, note = "decode with TAESD", "sd_vae_decode_method TAESD, previews off; the base decodes with the VAE"
-        else:
-            previews = model.steps // every
-            name = f"preview {method}, every {every}"
-            each = (ours - base) / previews
-            note = f"{previews} previews; {each * 1000:+.1f} ms each = {each / (base / model.steps) * 100:+.1f}% of " \
-                   f"a step; {(ours / base - 1) * 100:+.1f}% on the job"
+        name = "decode with TAESD" if method is None else f"previews {method}, every step"
+        note = "previews off; the base decodes with the VAE" if method is None else f"{(ours / base - 1) * 100:+.1f}%"
         rows.append(Row(name, model.label, str(model.size), str(model.steps), ours, base, vs="previews off",
                         note=note))
     return rows

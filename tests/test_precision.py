@@ -1,5 +1,6 @@
-"""Precision per device: bf16 on CPUs that compute it natively (the UNet and text encoders; the VAE stays
-fp32), fp32 elsewhere, A1111's flags; every kind of job runs with a bf16 UNet and an fp32 VAE, close to fp32;
+"""Precision per device: bf16 on CPUs that compute it natively (UNet, text encoders and VAE; --no-half-vae
+keeps the VAE fp32), fp32 elsewhere, A1111's flags; every kind of job runs all-bf16 and with a bf16 UNet
+beside an fp32 VAE, close to fp32;
 a LoRA taken off restores the bf16 weights bit for bit."""
 from __future__ import annotations
 
@@ -33,12 +34,13 @@ def test_the_cpu_probe_reads_the_feature_flags():
 
 
 @pytest.mark.parametrize(("flags", "unet", "vae"), [
-    ({}, torch.bfloat16, torch.float32),
+    ({}, torch.bfloat16, torch.bfloat16),
     ({"precision": "full"}, torch.float32, torch.float32),
     ({"no_half": True}, torch.float32, torch.float32),
-    ({"precision": "autocast"}, torch.bfloat16, torch.float32),
-    ({"precision": "half"}, torch.bfloat16, torch.float32),
-    ({"precision": "bf16"}, torch.bfloat16, torch.float32),
+    ({"precision": "autocast"}, torch.bfloat16, torch.bfloat16),
+    ({"precision": "half"}, torch.bfloat16, torch.bfloat16),
+    ({"precision": "bf16"}, torch.bfloat16, torch.bfloat16),
+    ({"no_half_vae": True}, torch.bfloat16, torch.float32),
 ])
 def test_cpu_precision_with_native_bf16(flags, unet, vae):
     device = DeviceSettings.from_flags(device="cpu", native_bf16=lambda: True, **flags)
@@ -61,12 +63,12 @@ def test_accelerators_run_fp16_and_no_half_vae_keeps_the_vae_fp32():
     assert DeviceSettings.from_flags(device="cuda", precision="full").describe()["unet"] == "fp32"
 
 
-def _context(root, checkpoint_dir, precision: str, unet):
+def _context(root, checkpoint_dir, precision: str, unet, **flags):
     # The same ControlNet, IP-Adapter and image encoder files in both studios.
     write_controlnet(root / "models" / "ControlNet" / "control_tiny_sd15.safetensors", "sd1", seed=1)
     write_adapter(root / "models" / "ipadapter" / "ip-adapter_tiny_sd15.bin", unet, "plain", seed=0)
     write_encoder_folder(root / "models" / "clip_vision" / "tiny-vit")
-    device = DeviceSettings.from_flags(device="cpu", precision=precision, native_bf16=lambda: True)
+    device = DeviceSettings.from_flags(device="cpu", precision=precision, native_bf16=lambda: True, **flags)
     return build_app_context(AppPaths(root=root, checkpoint_dirs=[checkpoint_dir], builtin_checkpoints=[]), device)
 
 
@@ -76,7 +78,10 @@ def contexts(tmp_path_factory, checkpoint_dir):
 
     unet = load_single_file(checkpoint_dir / "sd1.safetensors", DeviceSettings.from_flags(device="cpu",
                                                                                           precision="full"))[0].unet
-    return {p: _context(tmp_path_factory.mktemp(p), checkpoint_dir, p, unet) for p in ("full", "bf16")}
+    return {"full": _context(tmp_path_factory.mktemp("full"), checkpoint_dir, "full", unet),
+            "bf16": _context(tmp_path_factory.mktemp("bf16"), checkpoint_dir, "bf16", unet),
+            "bf16, fp32 VAE": _context(tmp_path_factory.mktemp("mixed"), checkpoint_dir, "bf16", unet,
+                                       no_half_vae=True)}
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -85,12 +90,14 @@ def _pixels(image: Image.Image) -> np.ndarray:
 
 def test_the_parts_load_in_their_own_precision(contexts):
     pipe = contexts["bf16"].manager.load("sd1.safetensors").pipe
-    assert (pipe.unet.dtype, pipe.text_encoder.dtype, pipe.vae.dtype) == (torch.bfloat16, torch.bfloat16,
-                                                                           torch.float32)
-    conv = pipe.unet.conv_in.weight  # channels-last in bf16, where it measured faster
-    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    full = contexts["full"].manager.load("sd1.safetensors").pipe.unet.conv_in.weight
-    assert full.is_contiguous()
+    assert (pipe.unet.dtype, pipe.text_encoder.dtype, pipe.vae.dtype) == (torch.bfloat16,) * 3
+    for conv in (pipe.unet.conv_in.weight, pipe.vae.decoder.conv_in.weight):  # channels-last in bf16: faster
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    mixed = contexts["bf16, fp32 VAE"].manager.load("sd1.safetensors").pipe
+    assert (mixed.unet.dtype, mixed.vae.dtype) == (torch.bfloat16, torch.float32)
+    assert mixed.vae.decoder.conv_in.weight.is_contiguous()
+    full = contexts["full"].manager.load("sd1.safetensors").pipe
+    assert full.unet.conv_in.weight.is_contiguous() and full.vae.decoder.conv_in.weight.is_contiguous()
 
 
 def _picture() -> Image.Image:
@@ -104,7 +111,7 @@ def _mask() -> Image.Image:
     return mask
 
 
-# Each kind of job: the pipelines hand the VAE bf16 pictures and latents, which it takes in fp32.
+# Each kind of job; with the fp32 VAE the pipelines hand it bf16 pictures and latents, which it takes in fp32.
 JOBS = {
     "txt2img": lambda: Txt2ImgRequest(**JOB),
     "hires latent": lambda: Txt2ImgRequest(**JOB, hires={"enabled": True, "upscaler": "Latent", "upscale_by": 1.5,
@@ -132,13 +139,14 @@ def test_every_kind_of_job_runs_in_bf16_close_to_fp32(contexts, kind):
         request = JOBS[kind]()
         run = ctx.service.img2img if isinstance(request, Img2ImgRequest) else ctx.service.txt2img
         images[precision] = _pixels(run(request).images[0])
-    bf16, full = images["bf16"], images["full"]
-    assert np.isfinite(bf16).all() and bf16.std() > 1  # a picture, not a flat or NaN one
-    difference = np.abs(bf16 - full).mean()
-    # bf16 keeps 8 bits of mantissa: a few levels of 255 apart on these random tiny models, not another picture.
-    print(f"{kind}: bf16 vs fp32 mean absolute difference {difference:.2f} of 255")
-    assert difference < 6, f"{kind}: mean absolute difference {difference:.2f} of 255"
-    assert difference < np.abs(full - full[::-1, ::-1]).mean()
+    full = images.pop("full")
+    for precision, bf16 in images.items():
+        assert np.isfinite(bf16).all() and bf16.std() > 1  # a picture, not a flat or NaN one
+        difference = np.abs(bf16 - full).mean()
+        # bf16 keeps 8 bits of mantissa: a few levels of 255 apart on these random tiny models, not another picture.
+        print(f"{kind}, {precision}: vs fp32 mean absolute difference {difference:.2f} of 255")
+        assert difference < 6, f"{kind}, {precision}: mean absolute difference {difference:.2f} of 255"
+        assert difference < np.abs(full - full[::-1, ::-1]).mean()
 
 
 def test_a_lora_taken_off_restores_the_bf16_weights_bit_for_bit(contexts):
@@ -175,7 +183,7 @@ def test_settings_and_the_console_say_what_each_part_runs_in(contexts):
     config = build_ui(contexts["bf16"], allow_folders=False).get_config_file()
     shown = next(c["props"]["value"] for c in config["components"]
                  if c.get("props", {}).get("elem_id") == "settings_precision")
-    assert ("UNet bf16, text encoders bf16, VAE fp32, channels-last UNet, UNet compile off (eager) "
+    assert ("UNet bf16, text encoders bf16, VAE bf16, channels-last UNet and VAE, UNet compile off (eager) "
             "(bf16 (--precision bf16))") in shown
 
 

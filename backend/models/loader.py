@@ -184,6 +184,8 @@ def place(pipe, device: DeviceSettings):
         pipe.to(device.device)
     if device.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
+    if device.vae_channels_last:
+        pipe.vae.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
@@ -73,7 +74,10 @@ def read_vae(path: Path, loaded: LoadedCheckpoint) -> AutoencoderKL:
     if vae.config.latent_channels != loaded.pipe.vae.config.latent_channels:
         raise VaeError(f"{path.name}: {vae.config.latent_channels} latent channels; "
                        f"{loaded.info.name} needs {loaded.pipe.vae.config.latent_channels}")
-    return vae.to(loaded.pipe.vae.device)
+    vae = vae.to(loaded.pipe.vae.device)
+    if loaded.pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
+        vae.to(memory_format=torch.channels_last)  # the layout the checkpoint's own VAE was given (a bf16 CPU)
+    return vae
 
 
 class VaeStore:
