@@ -1,8 +1,7 @@
 """A VAE that runs in its own precision whatever the pipeline hands it.
 
-diffusers' pipelines cast pictures and latents to the UNet's dtype before they call the VAE. On a CPU
-with native bf16 the UNet runs in bf16 while the VAE stays in fp32 (the picture's last step, where
-rounding shows), so the VAE takes any dtype: it computes in its own, encodes into the caller's dtype
+diffusers' pipelines cast pictures and latents to the UNet's dtype before they call the VAE. With
+--no-half-vae the VAE stays in fp32 while the UNet runs in fp16 or bf16, so the VAE takes any dtype: it computes in its own, encodes into the caller's dtype
 (the latents join the UNet's) and decodes into its own (the pixels keep their precision).
 """
 from __future__ import annotations
