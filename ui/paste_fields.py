@@ -18,6 +18,7 @@ from backend.generation.request import MASKED_CONTENT
 from backend.generation.samplers import BUILTIN_SAMPLERS, SCHEDULE_TYPES, SamplerCatalog, resolve_schedule_type
 from backend.images.infotext import parse_infotext
 from backend.images.resize import RESIZE_MODES
+from backend.sdxl.size_conditioning import SizeConditioning
 
 SKIP = object()
 Reader = Callable[[dict[str, str]], Any]
@@ -103,6 +104,12 @@ def tiling_reader(checkbox) -> PasteTarget:
 def restore_faces_reader(checkbox) -> PasteTarget:
     """A1111 writes "Face restoration: CodeFormer" only when the box was ticked."""
     return [(checkbox, lambda params: "Face restoration" in params)]
+
+
+def sdxl_size_readers(numbers, fields: list[str]) -> PasteTarget:
+    """The SDXL size-conditioning numbers; an infotext without them resets them to 0 (the picture's size)."""
+    return [(number, lambda params, field=field: getattr(SizeConditioning.from_infotext(params), field) or 0)
+            for number, field in zip(numbers, fields)]
 
 
 def hires_readers(enabled, upscaler, steps, denoise, scale, resize_x, resize_y) -> PasteTarget:

@@ -28,7 +28,8 @@ def txt2img_target(tab: Txt2ImgTab, samplers: SamplerCatalog = BUILTIN_SAMPLERS)
             + pf.hires_readers(hires.enabled, hires.upscaler, hires.steps, hires.denoise, hires.scale,
                                hires.resize_x, hires.resize_y)
             + pf.restore_faces_reader(tab.restore_faces) + pf.tiling_reader(tab.tiling)
-            + pf.seed_extra_readers(tab.seeds) + pf.control_readers(tab.control.units))
+            + pf.seed_extra_readers(tab.seeds) + pf.control_readers(tab.control.units)
+            + pf.sdxl_size_readers(tab.sdxl.numbers, tab.sdxl.fields))
 
 
 def img2img_target(tab: Img2ImgTab, samplers: SamplerCatalog = BUILTIN_SAMPLERS) -> pf.PasteTarget:

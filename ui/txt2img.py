@@ -15,6 +15,7 @@ from ui.controlnet import ControlWidgets, build_control_accordions
 from ui.errors import user_message
 from ui.extra_networks import build_extra_networks
 from ui.scripts import build_extension_accordions, build_script_row
+from ui.sdxl_size import SdxlSizeWidgets, build_sdxl_size
 from ui.session_jobs import SessionJobs
 from ui.widgets import (
     PromptRow,
@@ -69,6 +70,7 @@ class Txt2ImgTab:
     control: ControlWidgets
     seeds: SeedWidgets
     tiling: gr.Checkbox
+    sdxl: SdxlSizeWidgets
 
     @property
     def generate(self) -> gr.Button:
@@ -110,6 +112,7 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                     height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
                 with gr.Column(scale=1, min_width=120):
                     batch_count, batch_size = build_batch_sliders("txt2img")
+            sdxl = build_sdxl_size(ctx, "txt2img", checkpoint, width, height)
             cfg = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
             last_seed = gr.State(-1)
             seeds = build_seed_row("txt2img", last_seed)
@@ -125,14 +128,15 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                          scale=hr_scale, resize_x=hr_resize_x, resize_y=hr_resize_y)
     inputs = [checkpoint, row.prompt, row.negative, row.styles, sampler, schedule, steps, cfg, width, height,
               *seeds.inputs, batch_count, batch_size, clip_skip, hr_enabled, hr_upscaler, hr_scale, hr_resize_x,
-              hr_resize_y, hr_steps, hr_denoise, restore_faces, tiling, *control.inputs, *extension_controls.inputs,
-              *script.inputs]
-    n_control, n_extension = len(control.inputs), extension_controls.count
+              hr_resize_y, hr_steps, hr_denoise, restore_faces, tiling, *sdxl.inputs, *control.inputs,
+              *extension_controls.inputs, *script.inputs]
+    n_sdxl, n_control, n_extension = len(sdxl.inputs), len(control.inputs), extension_controls.count
 
     # `request` first: Gradio fills a gr.Request only among the leading positional parameters.
     def run(request: gr.Request, checkpoint_title, prompt_text, negative_text, style_names, sampler_name, schedule_type, n_steps,
             cfg_scale, w, h, seed_value, subseed, subseed_strength, resize_w, resize_h, n_iter, n_batch,
             skip_layers, hr_on, hr_up, hr_by, hr_x, hr_y, hr_n, hr_strength, restore, tile, *more):
+        sdxl_values, more = more[:n_sdxl], more[n_sdxl:]
         control_values, extension_values = more[:n_control], more[n_control:n_control + n_extension]
         try:
             req = Txt2ImgRequest.model_validate(dict(
@@ -145,6 +149,7 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                 hires={"enabled": bool(hr_on), "upscaler": hr_up, "upscale_by": float(hr_by),
                        "resize_x": int(hr_x), "resize_y": int(hr_y), "steps": int(hr_n),
                        "denoising_strength": float(hr_strength)},
+                **sdxl.request_fields(list(sdxl_values)),
                 controlnet_units=control.units_from(list(control_values)),
                 **extension_controls.request_fields(list(extension_values)),
                 **script.request_fields(list(more[n_control + n_extension:]))),
@@ -159,4 +164,4 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
     return Txt2ImgTab(row=row, results=results, sampler=sampler, schedule=schedule, steps=steps, cfg=cfg,
                       width=width, height=height, seed=seeds.seed, batch_count=batch_count, batch_size=batch_size,
                       clip_skip=clip_skip, hires=hires, restore_faces=restore_faces, control=control, seeds=seeds,
-                      tiling=tiling)
+                      tiling=tiling, sdxl=sdxl)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from backend.control.units import MAX_UNITS, ControlUnit
 from backend.generation.samplers import BUILTIN_SAMPLERS, SCHEDULE_TYPES, SamplerCatalog
 from backend.images.resize import ResizeMode
+from backend.sdxl.size_conditioning import SizeConditioning
 
 MIN_SIZE = 64
 MAX_SIZE = 4096
@@ -92,6 +93,8 @@ class GenerationRequest(BaseModel):
     seed_resize_from_w: int = Field(0, ge=0, le=MAX_SIZE)
     seed_resize_from_h: int = Field(0, ge=0, le=MAX_SIZE)
     tiling: bool = False  # a picture that tiles seamlessly (circular padding for this job: tiling.py)
+    # SDXL's original size / crop / target size conditioning; the defaults are A1111's (the picture's size).
+    sdxl_conditioning: SizeConditioning = Field(default_factory=SizeConditioning)
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)  # images per sampling pass
     n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT)  # "Batch count": sampling passes
     clip_skip: int = Field(1, ge=1, le=12)

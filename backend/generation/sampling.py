@@ -238,12 +238,17 @@ class SamplingRun:
                               latent_scale=self.loaded.pipe.vae_scale_factor,
                               generator_device=str(self.generator_device))
 
-    def sample(self, pipe, steps: int, job_no: int, text: str, n: int, schedule_steps: int | None = None, **kwargs):
+    def sample(self, pipe, steps: int, job_no: int, text: str, n: int, schedule_steps: int | None = None,
+               pass_size: tuple[int, int] | None = None, **kwargs):
         """One pipeline call; returns (images or latents, stopped early).
 
         `steps` is how many steps this pass runs (for progress); prompt editing
         counts over `schedule_steps` (the pass's nominal steps), as A1111 does.
+        `pass_size` (width, height) is the pass's picture size, when the call has no width / height.
         """
+        if self.family.is_sdxl:  # micro-conditioning: the pass's size unless the request set its own
+            width, height = pass_size or (kwargs.get("width") or self.size()[0], kwargs.get("height") or self.size()[1])
+            kwargs.update(self.request.sdxl_conditioning.sizes(width, height))
         # The infotext keeps the prompt as written; the text encoder gets it without <lora:...> tags.
         conditioning = StepConditioning(self.prompt_encoder, strip_tags(self.prompt), strip_tags(self.negative_prompt),
                                         schedule_steps or steps, n)
@@ -299,6 +304,8 @@ class SamplingRun:
         if req.tiling:
             params["Tiling"] = True
         params.update(extra)
+        if self.family.is_sdxl:
+            params.update(self.request.sdxl_conditioning.infotext_params())
         params.update(self.network_params)
         if self.control is not None:
             params.update(self.control.infotext_params())

@@ -96,7 +96,7 @@ class _Txt2ImgRun(SamplingRun):
         images, _ = self.sample(img2img, self.hires_steps, job_no, text, len(seeds), **extra, image=image,
                                 strength=fix.denoising_strength, num_inference_steps=fix.steps or req.steps,
                                 generator=self.generators(seeds), output_type="pil",
-                                schedule_steps=fix.steps or req.steps)
+                                schedule_steps=fix.steps or req.steps, pass_size=size)
         return images
 
     # --- infotext ---
