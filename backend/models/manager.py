@@ -143,23 +143,19 @@ class ModelManager:
             self._loaded[key] = loaded
             return loaded
 
-    def _parks(self) -> bool:
-        """Whether cached models that are not current move to RAM: on an accelerator without offloading
-        (offloading moves the parts itself), when the cache keeps more than one model."""
-        return (self.keep_in_cpu and self.device.device.type != "cpu" and self.device.offload == "none"
-                and self._cache_size > 1)
-
     def _park_all_but(self, current: Path | None) -> None:
-        """`current` on the device, every other cached model in RAM (when parking is on)."""
+        """`current` on the device; with keep_in_cpu and a cache of more than one, every other cached model
+        in RAM. Only on an accelerator without offloading (offloading moves the parts itself)."""
         if self.device.device.type == "cpu" or self.device.offload != "none":
             return
+        parks = self.keep_in_cpu and self._cache_size > 1
         moved = False
         for key, loaded in self._loaded.items():
             in_ram = loaded.pipe.unet.device.type == "cpu"
             if key == current and in_ram:
                 log.info("moving checkpoint %s to %s", loaded.info.name, self.device.device)
                 loaded.pipe.to(self.device.device)
-            elif key != current and not in_ram and self._parks():
+            elif key != current and not in_ram and parks:
                 log.info("keeping checkpoint %s in RAM (sd_checkpoints_keep_in_cpu)", loaded.info.name)
                 loaded.pipe.to("cpu")
                 moved = True
