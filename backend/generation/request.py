@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from backend.control.units import MAX_UNITS, ControlUnit
 from backend.generation.samplers import BUILTIN_SAMPLERS, SCHEDULE_TYPES, SamplerCatalog
 from backend.images.resize import ResizeMode
+from backend.sdxl.refiner import Refiner
 from backend.sdxl.size_conditioning import SizeConditioning
 
 MIN_SIZE = 64
@@ -95,6 +96,8 @@ class GenerationRequest(BaseModel):
     tiling: bool = False  # a picture that tiles seamlessly (circular padding for this job: tiling.py)
     # SDXL's original size / crop / target size conditioning; the defaults are A1111's (the picture's size).
     sdxl_conditioning: SizeConditioning = Field(default_factory=SizeConditioning)
+    # A1111's refiner_checkpoint / refiner_switch_at: another checkpoint runs the schedule's last part.
+    refiner: Refiner = Field(default_factory=Refiner)
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)  # images per sampling pass
     n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT)  # "Batch count": sampling passes
     clip_skip: int = Field(1, ge=1, le=12)
