@@ -100,7 +100,6 @@ _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "s_tmin": (_is(None, 0), "s_tmin is not supported"),
     "s_tmax": (lambda v: v in (None, 0) or v == math.inf, "s_tmax is not supported"),
     "s_noise": (_is(None, 1), "s_noise is not supported"),
-    "refiner_checkpoint": (_is(None, "", "None"), "the SDXL refiner is not supported"),
 }
 _UNSUPPORTED_TXT2IMG = {
     "firstpass_image": (_is(None, ""), "a first-pass image is not supported"),
@@ -311,6 +310,7 @@ def _shared_fields(req: ApiProcessing, options: Options, catalog=None) -> dict[s
         subseed=req.subseed, subseed_strength=req.subseed_strength,
         # A1111 sends -1 or 0 for "off"; the noise is drawn at that size only when both are set
         seed_resize_from_w=max(req.seed_resize_from_w, 0), seed_resize_from_h=max(req.seed_resize_from_h, 0),
+        refiner=_refiner(req),
         **scripted,
     )
     fields.update(overridden)
@@ -319,6 +319,14 @@ def _shared_fields(req: ApiProcessing, options: Options, catalog=None) -> dict[s
         if getattr(req, field) is not None:
             fields[field] = getattr(req, field)
     return fields
+
+
+def _refiner(req: ApiProcessing) -> dict[str, Any]:
+    """A1111's refiner_checkpoint / refiner_switch_at; "None" or no name: no refiner; no switch point: 0.8."""
+    if req.refiner_checkpoint is None or req.refiner_checkpoint.strip().lower() in ("", "none"):
+        return {}
+    return {"checkpoint": req.refiner_checkpoint,
+            "switch_at": 0.8 if req.refiner_switch_at is None else req.refiner_switch_at}
 
 
 def _validate(model: type, fields: dict[str, Any], req: ApiProcessing, catalog=None):

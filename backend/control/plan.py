@@ -107,21 +107,22 @@ class ControlPlan:
                     raise ValueError(f"IP-Adapter {use.name} has no reference image: upload one")
                 use.images = [fallback]
         # The adapters go on the loaded UNet itself, not on this pass's ControlNet wrapper around it.
-        unet = pipe.unet.unet if isinstance(pipe.unet, ControlledUNet) else pipe.unet
+        unet = _controlled(pipe.unet)
+        unet = unet.unet if unet is not None else getattr(pipe.unet, "base_unet", pipe.unet)
         self.ip_adapters = self.ip_attach(_UNetOnly(unet), self.ip_uses)
 
     def pipeline_kwargs(self, images: int) -> dict:
         return self.ip_adapters.pipeline_kwargs(self.cfg, images) if self.ip_adapters is not None else {}
 
     def start_pass(self, pipe) -> None:
-        if isinstance(pipe.unet, ControlledUNet):
-            pipe.unet.bind(pipe)
+        if (controlled := _controlled(pipe.unet)) is not None:
+            controlled.bind(pipe)
         if self.ip_adapters is not None:
             self.ip_adapters.apply_step(pipe, 0.0)
 
     def end_step(self, pipe, index: int) -> None:
-        if isinstance(pipe.unet, ControlledUNet):
-            pipe.unet.end_step(index)
+        if (controlled := _controlled(pipe.unet)) is not None:
+            controlled.end_step(index)
         if self.ip_adapters is not None:
             self.ip_adapters.apply_step(pipe, (index + 1) / max(pipe.num_timesteps, 1))
 
@@ -138,3 +139,9 @@ class ControlPlan:
         if self.ip_adapters is not None:
             self.ip_adapters.restore()
             self.ip_adapters = None
+
+
+def _controlled(unet) -> ControlledUNet | None:
+    """The pass's ControlledUNet, also when a refiner's hand-over wraps it (backend/sdxl/handover.py)."""
+    unet = getattr(unet, "base_unet", unet)
+    return unet if isinstance(unet, ControlledUNet) else None

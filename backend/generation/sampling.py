@@ -38,11 +38,12 @@ from backend.generation.request import GenerationRequest
 from backend.generation.samplers import BUILTIN_SAMPLERS, SamplerCatalog
 from backend.generation.variation import NoiseVariation, resolve_subseed, with_variation
 from backend.images.infotext import format_infotext
-from backend.models.types import LoadedCheckpoint
+from backend.models.types import LoadedCheckpoint, ModelFamily
 from backend.networks.embeddings import EmbeddingStore
 from backend.previews.library import JobPreviews
 from backend.prompts.conditioning import PromptEncoder, StepConditioning
 from backend.prompts.extra_networks import strip_tags
+from backend.sdxl.handover import HandOverUNet, RefinerConditioning, RefinerPlan
 
 if TYPE_CHECKING:
     from backend.extensions.api import Hooks
@@ -141,6 +142,8 @@ class StepCallback:
             callback_kwargs.update(self.conditioning.for_step(pipe, done))
         if self.control is not None:  # ControlNet start/end and IP-Adapter weights of the next step
             self.control.end_step(pipe, i)
+        if isinstance(pipe.unet, HandOverUNet):  # the refiner's switch by steps counts whole steps
+            pipe.unet.end_step(done)
         return callback_kwargs
 
 
@@ -152,8 +155,14 @@ class SamplingRun:
                  network_params: dict[str, object] | None = None, vae=None, vae_params: dict | None = None,
                  control: ControlPlan | None = None, extras: GenerationExtras | None = None,
                  hooks: Hooks | None = None, image_prompts: dict[int, tuple[str, str]] | None = None,
-                 samplers: SamplerCatalog | None = None, previews: JobPreviews | None = None):
+                 samplers: SamplerCatalog | None = None, previews: JobPreviews | None = None,
+                 refiner: RefinerPlan | None = None):
         self.loaded, self.request, self.job = loaded, request, job
+        # The refiner that takes over the schedule's end (backend/sdxl/handover.py); None: the base alone.
+        self.refiner = refiner
+        self.refiner_encoder = PromptEncoder(refiner.loaded.pipe, request.clip_skip, embeddings) if refiner else None
+        self.handed_over = False  # whether any pass of this job switched to the refiner (infotext)
+        self.last_pass_refined = False  # whether the last pass ended on the refiner (its hires pass stays there)
         self.previews = previews  # live preview method and final decode (TAESD drafts); None: Approx cheap
         self.samplers = samplers or BUILTIN_SAMPLERS  # the studio's samplers, extensions' among them
         self.hooks = hooks  # extensions' per-step callbacks and postprocessing
@@ -215,6 +224,10 @@ class SamplingRun:
             scale = self.loaded.pipe.vae_scale_factor
             unet = self.control.unet_for(self.loaded.pipe.unet, control_sources or [None], size or self.size(),
                                          images, scale, stage)
+        if self.refiner is not None:
+            unet = HandOverUNet(unet or self.loaded.pipe.unet, self.refiner,
+                                may_switch=self.refiner.switches_in(stage),
+                                switched=stage == "hires" and self.last_pass_refined)
         scheduler = self.scheduler()
         if variation is not None:
             scheduler = with_variation(scheduler, variation)
@@ -246,9 +259,13 @@ class SamplingRun:
         counts over `schedule_steps` (the pass's nominal steps), as A1111 does.
         `pass_size` (width, height) is the pass's picture size, when the call has no width / height.
         """
+        width, height = pass_size or (kwargs.get("width") or self.size()[0], kwargs.get("height") or self.size()[1])
         if self.family.is_sdxl:  # micro-conditioning: the pass's size unless the request set its own
-            width, height = pass_size or (kwargs.get("width") or self.size()[0], kwargs.get("height") or self.size()[1])
             kwargs.update(self.request.sdxl_conditioning.sizes(width, height))
+        if isinstance(pipe.unet, HandOverUNet):  # the refiner's own encoding of this pass's prompts
+            pipe.unet.prepare(RefinerConditioning(
+                self.refiner, self.refiner_encoder, strip_tags(self.prompt), strip_tags(self.negative_prompt),
+                schedule_steps or steps, n, (width, height), self.request.sdxl_conditioning), steps)
         # The infotext keeps the prompt as written; the text encoder gets it without <lora:...> tags.
         conditioning = StepConditioning(self.prompt_encoder, strip_tags(self.prompt), strip_tags(self.negative_prompt),
                                         schedule_steps or steps, n)
@@ -271,6 +288,9 @@ class SamplingRun:
             self.job.end_pass()
             if self.previews is not None:
                 self.warn(self.previews.warnings)
+            if isinstance(pipe.unet, HandOverUNet):
+                self.last_pass_refined = pipe.unet.switched
+                self.handed_over |= pipe.unet.switched
         if taesd is not None:
             return self.previews.decode_final(taesd, result.images), callback.stopped
         return result.images, callback.stopped
@@ -304,6 +324,9 @@ class SamplingRun:
         if req.tiling:
             params["Tiling"] = True
         params.update(extra)
+        if self.refiner is not None:
+            params.update(self.refiner.infotext_params(self.handed_over, hires=bool(getattr(req, "hires", None)
+                                                                                   and req.hires.enabled)))
         if self.family.is_sdxl:
             params.update(self.request.sdxl_conditioning.infotext_params())
         params.update(self.network_params)
@@ -323,6 +346,9 @@ def check_can_sample(loaded: LoadedCheckpoint, request: GenerationRequest, task:
         if extras is None:
             raise ValueError("face restoration is not available in this studio")
         extras.check_face_restorer(request)
+    if loaded.variant.family is ModelFamily.SDXL_REFINER:
+        raise ValueError(f"{loaded.info.name} is an SDXL refiner: choose it as the Refiner of an SDXL checkpoint "
+                         "(the Refiner accordion, or the API's refiner_checkpoint), not as the checkpoint")
     if not isinstance(loaded.pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
         raise ValueError(f"{loaded.info.name} ({loaded.variant.label}) cannot do {task}")
     channels = loaded.pipe.unet.config.in_channels

@@ -34,9 +34,15 @@ from backend.models.types import LoadedCheckpoint
 from backend.networks.library import Activation, NetworkLibrary
 from backend.previews.library import JobPreviews, PreviewDecoders
 from backend.prompts.length import PromptLimit
+from backend.sdxl.handover import RefinerPlan, check_refiner
 
 if TYPE_CHECKING:
     from backend.extras.in_generation import GenerationExtras
+
+def refiner_parts(refiner: LoadedCheckpoint | None) -> tuple:
+    """The refiner's modules seamless tiling pads too."""
+    return (refiner.pipe.unet, refiner.pipe.vae) if refiner is not None else ()
+
 
 class GenerationOutOfMemory(RuntimeError):
     """The device ran out of memory during one job; the studio and the next job are fine."""
@@ -149,11 +155,11 @@ class GenerationService:
         started = datetime.now()
         try:
             def on_device():
-                loaded = self.manager.load(self._checkpoint_name(request, options))
+                loaded, refiner = self._load(request, options)
                 activation = self.networks.activate(loaded, prompt, negative, request.vae or options.sd_vae) \
                     if self.networks else Activation()
                 plan = self._control_plan(loaded, request)
-                tiled = (loaded.pipe.unet, loaded.pipe.vae, activation.vae)
+                tiled = (loaded.pipe.unet, loaded.pipe.vae, activation.vae, *refiner_parts(refiner))
                 compiler = self.manager.compiler  # --compile: a first job at a new size says it is compiling
                 reporting = compiler.reporting(job.set_text) if compiler is not None else contextlib.nullcontext()
                 try:
@@ -163,6 +169,8 @@ class GenerationService:
                                         hooks=self.hooks, image_prompts=image_prompts, samplers=self.samplers,
                                         previews=JobPreviews(self.previews, options.show_progress_type,
                                                              options.sd_vae_decode_method),
+                                        refiner=self._refiner_plan(refiner, request,
+                                                                   self.options_store.extra_options),
                                         **activation.runner_kwargs(self.networks.embeddings if self.networks else None))
                 finally:
                     if plan is not None:
@@ -206,6 +214,29 @@ class GenerationService:
                                     has_init_image=isinstance(request, Img2ImgRequest))
 
     # --- helpers ---
+    def _load(self, request: GenerationRequest, options) -> tuple[LoadedCheckpoint, LoadedCheckpoint | None]:
+        """The job's checkpoint, and its refiner when the request names one other than the checkpoint itself."""
+        name = self._checkpoint_name(request, options)
+        if not request.refiner.enabled:
+            return self.manager.load(name), None
+        if self.manager.find(request.refiner.checkpoint).path.resolve() == self.manager.find(name).path.resolve():
+            return self.manager.load(name), None  # as A1111: a model refining itself switches nothing
+        loaded, refiner = self.manager.load_with_refiner(name, request.refiner.checkpoint)
+        check_refiner(loaded, refiner)
+        return loaded, refiner
+
+    @staticmethod
+    def _refiner_plan(refiner: LoadedCheckpoint | None, request: GenerationRequest,
+                      kept: dict[str, Any]) -> RefinerPlan | None:
+        """The refiner and A1111's settings for it (kept, as A1111 stores them, among the extra options)."""
+        if refiner is None:
+            return None
+        return RefinerPlan(loaded=refiner, switch_at=request.refiner.switch_at,
+                           by_steps=bool(kept.get("refiner_switch_by_sample_steps", False)),
+                           aesthetic_score=float(kept.get("sdxl_refiner_high_aesthetic_score", 6.0)),
+                           negative_aesthetic_score=float(kept.get("sdxl_refiner_low_aesthetic_score", 2.5)),
+                           hires_pass=str(kept.get("hires_fix_refiner_pass", "second pass")))
+
     def _checkpoint_name(self, request: GenerationRequest, options) -> str:
         name = request.checkpoint or options.sd_model_checkpoint
         if name:

@@ -125,37 +125,54 @@ class ModelManager:
             return list(self._loaded.values())
 
     def load(self, name: str) -> LoadedCheckpoint:
-        info = self.find(name)
-        if info.error:
-            raise CheckpointLoadError(f"{info.name}: {info.error}")
-        key = info.path.resolve()
-        with self._lock:
-            if key in self._loaded:  # hot swap: already in memory
-                self._loaded.move_to_end(key)
-                self._park_all_but(key)
-                return self._loaded[key]
-            # The current model goes to RAM first, so the new one has the VRAM it held.
-            self._park_all_but(None)
-        # Build the new model completely before anything is evicted, so a bad file loses nothing.
-        loaded = self._read(info)
-        with self._lock:
-            self._evict(keep=self._cache_size - 1)
-            self._loaded[key] = loaded
-            return loaded
+        return self._load_together([name])[0]
 
-    def _park_all_but(self, current: Path | None) -> None:
-        """`current` on the device; with keep_in_cpu and a cache of more than one, every other cached model
-        in RAM. Only on an accelerator without offloading (offloading moves the parts itself)."""
+    def load_with_refiner(self, name: str, refiner: str) -> tuple[LoadedCheckpoint, LoadedCheckpoint]:
+        """The checkpoint and its refiner, both kept in the cache (whatever its size) and on the device,
+        so the next job with the pair loads nothing. The checkpoint stays the current one."""
+        refiner_model, base = self._load_together([refiner, name])
+        return base, refiner_model
+
+    def _load_together(self, names: list[str]) -> list[LoadedCheckpoint]:
+        infos = [self.find(name) for name in names]
+        for info in infos:
+            if info.error:
+                raise CheckpointLoadError(f"{info.name}: {info.error}")
+        keys = {info.path.resolve() for info in infos}
+        room = max(self._cache_size, len(keys))  # a refiner job holds both models even with a cache of one
+        found = []
+        for info in infos:
+            key = info.path.resolve()
+            with self._lock:
+                if key in self._loaded:  # hot swap: already in memory
+                    self._loaded.move_to_end(key)
+                    found.append(self._loaded[key])
+                    continue
+                # The models this job does not use go to RAM first, so the new one has the VRAM they held.
+                self._park_all_but(keys)
+            # Build the new model completely before anything is evicted, so a bad file loses nothing.
+            loaded = self._read(info)
+            with self._lock:
+                self._evict(keep=room - 1, protect=keys)
+                self._loaded[key] = loaded
+                found.append(loaded)
+        with self._lock:
+            self._park_all_but(keys)
+        return found
+
+    def _park_all_but(self, current: set[Path]) -> None:
+        """The `current` models on the device; with keep_in_cpu and a cache of more than one, every other
+        cached model in RAM. Only on an accelerator without offloading (offloading moves the parts itself)."""
         if self.device.device.type == "cpu" or self.device.offload != "none":
             return
         parks = self.keep_in_cpu and self._cache_size > 1
         moved = False
         for key, loaded in self._loaded.items():
             in_ram = loaded.pipe.unet.device.type == "cpu"
-            if key == current and in_ram:
+            if key in current and in_ram:
                 log.info("moving checkpoint %s to %s", loaded.info.name, self.device.device)
                 loaded.pipe.to(self.device.device)
-            elif key != current and not in_ram and parks:
+            elif key not in current and not in_ram and parks:
                 log.info("keeping checkpoint %s in RAM (sd_checkpoints_keep_in_cpu)", loaded.info.name)
                 loaded.pipe.to("cpu")
                 moved = True
@@ -178,12 +195,15 @@ class ModelManager:
         with self._lock:
             self._evict(keep=0)
 
-    def _evict(self, keep: int) -> None:
+    def _evict(self, keep: int, protect: set[Path] = frozenset()) -> None:
         evicted = False
         while len(self._loaded) > max(keep, 0):
             # Only the cache's reference goes: a job still using the model keeps its own until it ends,
-            # and the memory is released then.
-            _, old = self._loaded.popitem(last=False)
+            # and the memory is released then. The models of the job being loaded stay.
+            oldest = next((key for key in self._loaded if key not in protect), None)
+            if oldest is None:
+                break
+            old = self._loaded.pop(oldest)
             log.info("unloading checkpoint %s", old.info.name)
             evicted = True
         if evicted:

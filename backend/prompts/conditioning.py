@@ -216,13 +216,18 @@ class StepConditioning:
             return []
         return ["prompt_embeds", "add_text_embeds"] if self.sdxl else ["prompt_embeds"]
 
-    def for_step(self, pipe, step: int) -> dict:
+    def tensors(self, step: int, cfg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(embeds, pooled) of step `step` as the UNet takes them: with CFG, [negative rows, positive rows]."""
         positive, negative = self._texts(step)
         embeds, pooled = self._rows(self._embeds[positive]), self._rows(self._pooled[positive]) if self.sdxl else None
-        if pipe.do_classifier_free_guidance:  # the pipeline holds [negative, positive]
+        if cfg:
             embeds = torch.cat([self._rows(self._embeds[negative]), embeds])
             if self.sdxl:
                 pooled = torch.cat([self._rows(self._pooled[negative]), pooled])
+        return embeds, pooled
+
+    def for_step(self, pipe, step: int) -> dict:
+        embeds, pooled = self.tensors(step, pipe.do_classifier_free_guidance)  # the pipeline holds [neg, pos]
         out = {"prompt_embeds": embeds}
         if self.sdxl:
             out["add_text_embeds"] = pooled
