@@ -153,11 +153,19 @@ def test_tiling_and_the_extra_seed_fields_reach_the_request():
 
 @pytest.mark.parametrize("field, value", [
     ("s_churn", 0.5), ("s_noise", 1.003), ("s_tmin", 0.1),
-    ("refiner_checkpoint", "refiner.safetensors"), ("firstpass_image", "aGk="),
+    ("firstpass_image", "aGk="),
     ("script_name", "x/y/z plot"),
 ])
 def test_fields_we_cannot_honour_are_refused_by_name(field, value):
     assert refused_fields(**{field: value}) == [field]
+
+
+def test_the_refiner_fields_reach_the_request():
+    req = to_request(refiner_checkpoint="refiner.safetensors", refiner_switch_at=0.7)
+    assert (req.refiner.checkpoint, req.refiner.switch_at, req.refiner.enabled) == ("refiner.safetensors", 0.7, True)
+    assert to_request(refiner_checkpoint="refiner.safetensors").refiner.switch_at == 0.8  # A1111's default
+    assert not to_request(refiner_checkpoint="None", refiner_switch_at=0.5).refiner.enabled
+    assert refused_fields(refiner_checkpoint="refiner.safetensors", refiner_switch_at=1.5) == ["refiner_switch_at"]
 
 
 def test_refused_hires_and_scripts_fields_are_named():

@@ -236,6 +236,7 @@ _FIELD_NAMES = {  # our field path -> A1111 field name, for error messages
     "checkpoint": "override_settings.sd_model_checkpoint",
     "clip_skip": "override_settings.CLIP_stop_at_last_layers",
     "vae": "override_settings.sd_vae",
+    "refiner.checkpoint": "refiner_checkpoint", "refiner.switch_at": "refiner_switch_at",
 }
 
 
