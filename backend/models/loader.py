@@ -7,6 +7,8 @@ and the converted tensors are assigned in place, so nothing is initialised twice
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from pathlib import Path
 from typing import Mapping
@@ -30,11 +32,13 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from backend.devices import DeviceSettings
 from backend.models import architecture as arch
+from backend.models import prediction_probe
 from backend.models.errors import CheckpointLoadError
 from backend.models.safe_load import read_state_dict
 from backend.models.types import ModelFamily, ModelVariant
 from backend.models.vae_precision import OwnPrecisionVae
 
+log = logging.getLogger(__name__)
 _V_PARAM = re.compile(r"parameterization:\s*[\"']?v[\"']?\s*$", re.MULTILINE)
 
 
@@ -49,9 +53,13 @@ def prediction_hint(path: Path) -> str | None:
 def load_single_file(path: Path, device: DeviceSettings):
     """(pipeline, variant) for an original-layout checkpoint file."""
     sd, metadata = read_state_dict(path)
+    hint = prediction_hint(path)
     try:
-        variant = arch.detect_variant(sd, prediction_hint(path), arch.resolution_from_metadata(metadata))
-        pipe = build_pipeline(sd, variant, device.dtype, device.text_encoder, device.vae)
+        variant = arch.detect_variant(sd, hint, arch.resolution_from_metadata(metadata))
+        unet = None
+        if needs_prediction_probe(sd, variant, hint):
+            unet, variant = _probe_prediction(path.name, sd, variant, device.dtype)
+        pipe = build_pipeline(sd, variant, device.dtype, device.text_encoder, device.vae, unet=unet)
     except arch.UnsupportedCheckpoint as exc:
         raise CheckpointLoadError(f"{path.name}: {exc}") from None
     except (RuntimeError, KeyError, ValueError) as exc:  # shapes that contradict each other
@@ -59,13 +67,46 @@ def load_single_file(path: Path, device: DeviceSettings):
     return place(pipe, device), variant
 
 
+def needs_prediction_probe(sd: Mapping, variant: ModelVariant, hint: str | None) -> bool:
+    """Whether only a test forward pass can tell this file's prediction type.
+
+    SD2 alone ships both kinds (512 epsilon, 768-v) with identical keys and shapes. A sidecar .yaml (the
+    user's word) or a v_pred marker key decides without a forward pass. SD2 inpainting is not probed, as in
+    A1111: the released one (512-inpainting-ema) is epsilon, and the test input has no mask channels.
+    """
+    return (variant.family is ModelFamily.SD2 and not variant.inpainting and hint is None
+            and arch.V_PRED_MARKER not in sd)
+
+
+def _probe_prediction(name: str, sd: Mapping[str, torch.Tensor], variant: ModelVariant, dtype: torch.dtype):
+    """(UNet, variant) after A1111's test forward pass, as if a .yaml had said what the pass found."""
+    unet = build_unet(sd, variant, dtype)
+    if not prediction_probe.probe_v_prediction(unet):
+        log.info("%s: SD2 without a .yaml; its test forward pass says epsilon", name)
+        return unet, variant
+    log.info("%s: SD2 without a .yaml; its test forward pass says v-prediction (768-v)", name)
+    variant = dataclasses.replace(variant, prediction_type="v_prediction")
+    # SD2-v's config differs only where no weight does (upcast_attention, sample_size), but each attention
+    # module takes upcast_attention when it is built: a new shell around the same tensors (no copy).
+    return assemble(UNet2DConditionModel, arch.unet_config(sd, variant), unet.state_dict(), dtype), variant
+
+
+def build_unet(sd: Mapping[str, torch.Tensor], variant: ModelVariant, dtype: torch.dtype) -> UNet2DConditionModel:
+    config = arch.unet_config(sd, variant)
+    return assemble(UNet2DConditionModel, config, convert_ldm_unet_checkpoint(sd, config), dtype)
+
+
 def build_pipeline(sd: Mapping[str, torch.Tensor], variant: ModelVariant, dtype: torch.dtype,
-                   text_dtype: torch.dtype | None = None, vae_dtype: torch.dtype | None = None):
-    """`dtype` is the UNet's; the text encoders and the VAE may have their own (None: the UNet's)."""
+                   text_dtype: torch.dtype | None = None, vae_dtype: torch.dtype | None = None,
+                   unet: UNet2DConditionModel | None = None):
+    """`dtype` is the UNet's; the text encoders and the VAE may have their own (None: the UNet's).
+
+    `unet`: one already built from `sd` for this `variant` (the prediction probe's); None builds it.
+    """
     family = variant.family
     text_dtype, vae_dtype = text_dtype or dtype, vae_dtype or dtype
-    unet_cfg = arch.unet_config(sd, variant)
-    unet = assemble(UNet2DConditionModel, unet_cfg, convert_ldm_unet_checkpoint(sd, unet_cfg), dtype)
+    if unet is None:
+        unet = build_unet(sd, variant, dtype)
     vae_cfg = arch.vae_config(sd, variant)
     vae = assemble(OwnPrecisionVae, vae_cfg, convert_ldm_vae_checkpoint(sd, vae_cfg), vae_dtype)
     scheduler = EulerDiscreteScheduler.from_config(scheduler_config(variant))
