@@ -33,7 +33,7 @@ def test_each_family_is_detected_from_keys_and_shapes(checkpoint_dir):
 
 
 @pytest.mark.parametrize("spec,label", [
-    (TinySpec("sdxl", distilled=True), "SDXL (SSD-1B)"),
+    (TinySpec("sdxl", sdxl_layout="ssd-1b"), "SDXL (SSD-1B)"),
     (TinySpec("sdxl-refiner"), "SDXL refiner"),
     (TinySpec("sd2"), "SD2.x eps"),
 ])

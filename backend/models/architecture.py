@@ -126,21 +126,23 @@ def _why_not_a_checkpoint(keys) -> str:
     return "no Stable Diffusion UNet found (no model.diffusion_model.* keys)"
 
 
-# SDXL base has transformer depths 1 / 2 / 10 in its three levels; the distilled
-# models drop whole transformer blocks (SSD-1B) or resnets and blocks (Vega).
-_SDXL_BASE_DEPTHS = (2, 20)  # (resnets per level, transformer blocks in the deepest level)
+# SDXL UNets differ in transformer depths only: per input resnet, per output resnet (deepest level
+# first, as output_blocks run) and in the middle block (0: one resnet, no attention). Depths as
+# ComfyUI's model_detection lists them; widths are not compared, so tiny test UNets match too.
+_SDXL_DEPTHS: dict[str | None, tuple] = {
+    None: (((0, 0), (2, 2), (10, 10)), ((10, 10, 10), (2, 2, 2), (0, 0, 0)), 10),
+    "SSD-1B": (((0, 0), (2, 2), (4, 4)), ((4, 4, 10), (2, 1, 1), (0, 0, 0)), 0),
+    "Vega": (((0, 0), (1, 1), (2, 2)), ((2, 2, 2), (1, 1, 1), (0, 0, 0)), 0),
+}
 
 
 def _distilled_name(sd: Mapping) -> str | None:
+    """None for SDXL base, the distilled model's name, or "reduced SDXL" for another layout."""
     layout = unet_layout(sd)
-    resnets = layout.layers_per_block
-    deepest = sum(layout.down_depths[-1]) if layout.down_depths else 0
-    if (resnets, deepest) == _SDXL_BASE_DEPTHS and layout.mid_depth == 10:
-        return None
-    if resnets == 1:
-        return "Vega"
-    if resnets == 2 and deepest < 20:
-        return "SSD-1B"
+    depths = (tuple(map(tuple, layout.down_depths)), tuple(map(tuple, layout.up_depths)), layout.mid_depth)
+    for name, known in _SDXL_DEPTHS.items():
+        if depths == known:
+            return name
     return "reduced SDXL"
 
 
@@ -155,7 +157,8 @@ class UNetLayout:
         self.down_depths: list[list[int]] = []  # transformer blocks per resnet, per level (0 = no attention)
         self.up_depths: list[list[int]] = []
         self.layers_per_block: int = 0
-        self.mid_depth: int | None = None  # None: no middle block
+        # transformer blocks in the middle block; 0: a lone resnet (SSD-1B, Vega); None: no middle block
+        self.mid_depth: int | None = None
 
 
 _INPUT_RE = re.compile(r"input_blocks\.(\d+)\.(\d+)\.")
@@ -203,9 +206,11 @@ def unet_layout(sd: Mapping) -> UNetLayout:
         layout.up_depths.append([_depth(sd, UNET + f"output_blocks.{level * per_up + j}.1.") for j in range(per_up)])
 
     if _has_prefix(sd, UNET + "middle_block."):
+        # resnet, transformer, resnet; or (ComfyUI's transformer_depth_middle -1) middle_block.0 alone
         layout.mid_depth = _depth(sd, UNET + "middle_block.1.")
-        if layout.mid_depth == 0:
-            raise UnsupportedCheckpoint("the UNet's middle block has no attention; not supported yet")
+        extra = (UNET + "middle_block.1.", UNET + "middle_block.2.")
+        if layout.mid_depth == 0 and any(k.startswith(extra) for k in sd):
+            raise UnsupportedCheckpoint("the UNet's middle block has several resnets but no attention; not supported")
     return layout
 
 
@@ -230,21 +235,24 @@ def unet_config(sd: Mapping, variant: ModelVariant) -> dict:
     if variant.family is not ModelFamily.SD1:
         config["attention_head_dim"] = [max(1, c // UNET_HEAD_DIM) for c in channels]
 
-    # Transformer depth per level (per resnet when it varies); levels without
-    # attention take the middle block's depth, which diffusers reads from the last entry.
+    # Transformer depth per level (per resnet when it varies). Levels without attention ignore theirs,
+    # except that diffusers' middle block takes its depth from the last entry.
     mid = layout.mid_depth or 1
-    down = [d if any(d) else [mid] * len(d) for d in layout.down_depths]
+    last = len(layout.down_depths) - 1
+    down = [d if any(d) else [mid if i == last else 1] * len(d) for i, d in enumerate(layout.down_depths)]
     uniform = all(len(set(d)) == 1 for d in down) and all(
         len(set(u)) == 1 and (not any(u) or u[0] == d[0]) for d, u in zip(down, reversed(layout.up_depths)))
     if uniform:
         config["transformer_layers_per_block"] = [d[0] for d in down]
         config.pop("reverse_transformer_layers_per_block", None)
-    else:
+    else:  # e.g. SSD-1B: up blocks 4, 4, 10 / 2, 1, 1 against down blocks 4, 4 / 2, 2
         config["transformer_layers_per_block"] = down
         config["reverse_transformer_layers_per_block"] = [u if any(u) else [1] * len(u) for u in layout.up_depths]
-    if layout.down_depths[-1] and any(layout.down_depths[-1]) and layout.down_depths[-1][0] != mid:
+    if layout.mid_depth and any(layout.down_depths[-1]) and layout.down_depths[-1][0] != layout.mid_depth:
         raise UnsupportedCheckpoint("the middle block's transformer depth differs from the last level's; not supported yet")
-    config["mid_block_type"] = "UNetMidBlock2DCrossAttn" if layout.mid_depth else None
+    # diffusers' UNetMidBlock2D with no attention is exactly one resnet: middle_block.0 -> mid_block.resnets.0
+    config["mid_block_type"] = (None if layout.mid_depth is None else
+                                "UNetMidBlock2DCrossAttn" if layout.mid_depth else "UNetMidBlock2D")
 
     if variant.family.is_sdxl:
         pooled = _pooled_dim(sd, variant.family)
