@@ -17,6 +17,7 @@ from starlette.routing import Mount
 from backend.api.auth import parse_credentials
 from backend.api.controlnet_routes import create_controlnet_router
 from backend.api.extension_routes import create_extension_router
+from backend.api.hosted_sdxl import create_hosted_sdxl_router
 from backend.api.routes import create_api_router
 from backend.api.sam_routes import sam_router
 from backend.app_context import AppContext, AppPaths, build_app_context
@@ -64,6 +65,7 @@ def build_http_app(ctx: AppContext, args: argparse.Namespace, ui_auth: list, api
         app.include_router(sam_router(ctx.extras.segment, api_auth, on_device=ctx.service.queue.on_device_now),
                            prefix="/sam")
         app.include_router(create_extension_router(ctx.service.hooks, api_auth), prefix="/ext")
+        app.include_router(create_hosted_sdxl_router(ctx, api_auth), prefix="/v1")
     if not args.nowebui:
         import gradio as gr
 
