@@ -174,7 +174,7 @@ def test_the_ui_has_the_tab_the_accordion_the_script_and_the_settings_section(ct
     script = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "txt2img_script")
     assert [choice[0] for choice in script["props"]["choices"]] == ["None", "Two seeds"]
     sampling = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "txt2img_sampling")
-    assert [choice[0] for choice in sampling["props"]["choices"]][-2:] == ["LCM", "DDPM"]
+    assert [choice[0] for choice in sampling["props"]["choices"]][-3:] == ["LCM", "TCD", "DDPM"]
 
 
 def _studio_imports(path: Path) -> set[str]:

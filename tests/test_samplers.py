@@ -51,7 +51,7 @@ def test_every_claimed_pair_samples_end_to_end(tiny, sampler, schedule):
 def test_known_samplers_and_schedule_types():
     assert SCHEDULE_TYPES == ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform")
     for name in ("Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE",
-                 "DPM++ 3M SDE", "DDIM", "PLMS", "UniPC", "LCM"):
+                 "DPM++ 3M SDE", "DDIM", "PLMS", "UniPC", "LCM", "TCD"):
         assert name in SAMPLER_NAMES
         assert schedule_types_for(name)[0] == "Automatic"
     assert "DPM fast" not in SAMPLER_NAMES and "DPM adaptive" not in SAMPLER_NAMES
@@ -121,7 +121,7 @@ def test_euler_a_karras_walks_the_karras_sigmas():
 
 
 @pytest.mark.parametrize(("sampler", "schedule"), [("DDIM", "Karras"), ("PLMS", "Exponential"), ("LCM", "Uniform"),
-                                                   ("DPM++ SDE", "SGM Uniform")])
+                                                   ("TCD", "Karras")])
 def test_unsupported_pairs_raise_a_clear_error(sampler, schedule):
     with pytest.raises(ValueError) as info:
         make_scheduler(sampler, schedule, SD_CONFIG)

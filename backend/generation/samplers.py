@@ -19,10 +19,28 @@ What could not be honoured with diffusers' schedulers:
   pipeline's generators, so the same seed would not give the same image. We map
   it to DPMSolverSinglestepScheduler with algorithm "sde-dpmsolver++" at order 2:
   also a single-step, second-order DPM-Solver++ with SDE noise, the closest
-  reproducible choice. It does not match A1111's pixels exactly.
+  reproducible choice. It does not match A1111's pixels exactly. That class's
+  own spacing (t_max down to 0 in steps + 1 points, the last dropped) is
+  k-diffusion's SGM uniform; the subclass below adds A1111's "Uniform"
+  (t_max down to 0 in steps points).
 * DDIM and PLMS step over discrete timesteps and take no sigma schedule: they
-  offer the timestep spacings only (Automatic, Uniform, SGM Uniform). LCM keeps
-  its own timestep schedule, so it offers "Automatic" only.
+  offer the timestep spacings only (Automatic, Uniform, SGM Uniform).
+* LCM and TCD (consistency samplers for LCM / TCD / Hyper models and LoRAs) walk
+  their distillation schedule (Automatic: 50 steps over the training range,
+  `original_inference_steps`, from which the requested number is picked) or the
+  SGM-uniform (trailing) timesteps that ComfyUI users pair with them. diffusers
+  refuses more steps than that distillation schedule has; here more steps spread
+  over the whole training range instead.
+* TCD's stochasticity ("gamma" in the paper, `eta` of TCDScheduler.step) is the
+  scheduler's `gamma` config, 0.3 by default as in diffusers' docs. The
+  pipelines would otherwise pass their own `eta` (0.0) to the step; an
+  extension can offer another gamma as a sampler of its own
+  (`SamplerSpec("TCD 1-step", TCDSamplerScheduler, {"gamma": 1.0}, ...)`).
+* Few-step models (Turbo, Lightning, Hyper) want their first step at the top of
+  the noise schedule: "SGM Uniform" gives Euler, Euler a, DPM++ SDE, DDIM, LCM
+  and TCD diffusers' "trailing" spacing (1 step = timestep 999, sigma_max);
+  "Automatic" keeps the model's own spacing, which for SD's "leading" starts
+  low at few steps.
 * A1111 also lists Polyexponential, KL Optimal, Align Your Steps, Simple, Normal,
   DDIM and Beta schedules; SCHEDULE_TYPES keeps the five above.
 
@@ -33,11 +51,13 @@ offers all five (A1111 infotexts often say "Euler a, Karras").
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
@@ -50,6 +70,7 @@ from diffusers import (
     LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    TCDScheduler,
     UniPCMultistepScheduler,
 )
 from diffusers.configuration_utils import register_to_config
@@ -119,6 +140,129 @@ class EulerAncestralSigmasScheduler(EulerAncestralDiscreteScheduler):
         self.sigmas = guide.sigmas.to("cpu")
 
 
+def trailing_timesteps(num_train_timesteps: int, steps: int) -> np.ndarray:
+    """diffusers' "trailing" spacing (SGM uniform): from the last training timestep down, evenly."""
+    return (np.round(num_train_timesteps - np.arange(steps) * (num_train_timesteps / steps)) - 1).astype(np.int64)
+
+
+class DPMSolverSinglestepSpacedScheduler(DPMSolverSinglestepScheduler):
+    """DPM++ SDE (single-step, SDE noise) that can also space its timesteps as A1111's "Uniform".
+
+    The parent's own spacing is kept for "trailing" (SGM uniform, which it already is);
+    "linspace" gives k-diffusion's uniform: `steps` timesteps from t_max down to 0.
+    Karras / exponential sigmas are the parent's.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        solver_order: int = 2,
+        prediction_type: str = "epsilon",
+        algorithm_type: str = "sde-dpmsolver++",
+        lower_order_final: bool = True,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        final_sigmas_type: str = "zero",
+        timestep_spacing: str = "trailing",
+    ) -> None:
+        super().__init__(
+            num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+            beta_schedule=beta_schedule, trained_betas=trained_betas, solver_order=solver_order,
+            prediction_type=prediction_type, algorithm_type=algorithm_type, lower_order_final=lower_order_final,
+            use_karras_sigmas=use_karras_sigmas, use_exponential_sigmas=use_exponential_sigmas,
+            use_beta_sigmas=use_beta_sigmas, final_sigmas_type=final_sigmas_type,
+        )
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, mu: float | None = None,
+                      timesteps: list[int] | None = None) -> None:
+        sigma_schedule = self.config.use_karras_sigmas or self.config.use_exponential_sigmas \
+            or self.config.use_beta_sigmas
+        if timesteps is None and num_inference_steps and self.config.timestep_spacing == "linspace" \
+                and not sigma_schedule:
+            last = self.config.num_train_timesteps - 1
+            timesteps = np.linspace(last, 0, num_inference_steps).round().astype(np.int64).tolist()
+            num_inference_steps = None
+        super().set_timesteps(num_inference_steps, device, mu=mu, timesteps=timesteps)
+
+
+class _ConsistencyTimesteps:
+    """LCM's and TCD's timesteps at any step count, and SGM uniform (trailing) on request.
+
+    diffusers picks the steps from the distillation schedule (`original_inference_steps`,
+    50) and raises above it; more steps then spread over every training timestep.
+    With `timestep_spacing="trailing"` the picked timesteps are replaced by the
+    trailing ones (the step itself only reads `self.timesteps`).
+    """
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None,
+                      original_inference_steps: int | None = None, timesteps: list[int] | None = None,
+                      strength: float = 1.0) -> None:
+        plain = timesteps is None and num_inference_steps is not None and original_inference_steps is None \
+            and strength == 1.0
+        if plain and num_inference_steps > self.config.original_inference_steps:
+            original_inference_steps = self.config.num_train_timesteps
+        super().set_timesteps(num_inference_steps=num_inference_steps, device=device,
+                              original_inference_steps=original_inference_steps, timesteps=timesteps,
+                              strength=strength)
+        if plain and self.config.timestep_spacing == "trailing":
+            spaced = trailing_timesteps(self.config.num_train_timesteps, num_inference_steps)
+            self.timesteps = torch.from_numpy(spaced).to(device=device, dtype=torch.long)
+
+
+class LCMSamplerScheduler(_ConsistencyTimesteps, LCMScheduler):
+    """diffusers' LCMScheduler, with the timesteps of `_ConsistencyTimesteps`."""
+
+
+TCD_GAMMA = 0.3  # TCDScheduler.step's default eta, the paper's gamma
+
+
+class TCDSamplerScheduler(_ConsistencyTimesteps, TCDScheduler):
+    """diffusers' TCDScheduler with its gamma in the config.
+
+    Its `step` takes no `eta`, so the pipelines (which pass their own `eta`, 0.0 by
+    default, to any step that accepts one) leave the configured gamma alone.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "scaled_linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        original_inference_steps: int = 50,
+        clip_sample: bool = False,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        timestep_spacing: str = "leading",
+        timestep_scaling: float = 10.0,
+        rescale_betas_zero_snr: bool = False,
+        gamma: float = TCD_GAMMA,
+    ) -> None:
+        if not (0.0 <= gamma <= 1.0) or math.isnan(gamma):
+            raise ValueError(f"TCD gamma must be between 0 and 1, not {gamma}")
+        super().__init__(
+            num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+            beta_schedule=beta_schedule, trained_betas=trained_betas, original_inference_steps=original_inference_steps,
+            clip_sample=clip_sample, set_alpha_to_one=set_alpha_to_one, steps_offset=steps_offset,
+            prediction_type=prediction_type, timestep_spacing=timestep_spacing, timestep_scaling=timestep_scaling,
+            rescale_betas_zero_snr=rescale_betas_zero_snr,
+        )
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True):
+        return super().step(model_output, timestep, sample, eta=self.config.gamma, generator=generator,
+                            return_dict=return_dict)
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     name: str
@@ -135,12 +279,10 @@ _SPECS: tuple[SamplerSpec, ...] = (
     SamplerSpec("DPM++ 2M", DPMSolverMultistepScheduler,
                 {"algorithm_type": "dpmsolver++", "solver_order": 2}, automatic=KARRAS,
                 aliases=("k_dpmpp_2m",)),
-    SamplerSpec("DPM++ SDE", DPMSolverSinglestepScheduler,
+    SamplerSpec("DPM++ SDE", DPMSolverSinglestepSpacedScheduler,
                 # lower_order_final: what the scheduler switches to anyway with final sigma 0.
                 {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "lower_order_final": True},
-                # No timestep_spacing option: its own spacing is A1111's "Uniform".
-                schedules=(AUTOMATIC, UNIFORM, KARRAS, EXPONENTIAL), automatic=KARRAS,
-                aliases=("k_dpmpp_sde",)),
+                automatic=KARRAS, aliases=("k_dpmpp_sde",)),
     SamplerSpec("DPM++ 2M SDE", DPMSolverMultistepScheduler,
                 {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, automatic=EXPONENTIAL,
                 aliases=("k_dpmpp_2m_sde",)),
@@ -161,7 +303,9 @@ _SPECS: tuple[SamplerSpec, ...] = (
     SamplerSpec("UniPC", UniPCMultistepScheduler,
                 {"solver_type": "bh1", "solver_order": 3, "lower_order_final": True,
                  "final_sigmas_type": "sigma_min"}),
-    SamplerSpec("LCM", LCMScheduler, schedules=(AUTOMATIC,)),
+    # Consistency samplers: the distillation schedule, or SGM uniform (see _ConsistencyTimesteps).
+    SamplerSpec("LCM", LCMSamplerScheduler, schedules=(AUTOMATIC, SGM_UNIFORM), aliases=("k_lcm",)),
+    SamplerSpec("TCD", TCDSamplerScheduler, {"gamma": TCD_GAMMA}, schedules=(AUTOMATIC, SGM_UNIFORM)),
 )
 
 # A1111's API and settings also use lower-case schedule keys.
