@@ -228,7 +228,6 @@ def test_controlnet_canny_unit_preview_and_generate(running_studio):
     with _studio_page(url, "tiny-sd1.safetensors") as page:
         page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).click()
         unit = "#txt2img_controlnet_0"
-        page.locator(f"{unit}_image input[type=file]").set_input_files(str(data_dir / "control.png"))
         page.locator(f"{unit}_enable input").check()
         _pick(page, f"{unit}_module", "canny")
         expect(page.locator(f"{unit}_threshold_a")).to_be_visible(timeout=30_000)  # canny's own thresholds
@@ -236,15 +235,18 @@ def test_controlnet_canny_unit_preview_and_generate(running_studio):
         page.locator(f"{unit}_refresh").click()  # the ControlNet arrived after start
         page.wait_for_timeout(1000)
         _pick(page, f"{unit}_model", "control_tiny_sd15")
-        # The editor shows no sign when its upload has reached the server: on a loaded machine a first 💥 can
-        # come before it (and preview nothing), so press again until the preview shows.
-        for attempt in range(4):
+        # The editor shows no sign when it has taken the file: on a loaded machine the file can go in before the
+        # editor listens, or 💥 can come before the editor has its value (and preview nothing), so give the
+        # file again and press again until the preview shows. The first detection also imports the annotators.
+        for attempt in range(3):
+            page.locator(f"{unit}_image input[type=file]").set_input_files(str(data_dir / "control.png"))
+            page.wait_for_timeout(2000)
             page.locator(f"{unit}_detect").click()
             try:
-                expect(page.locator(f"{unit}_preview img")).to_be_visible(timeout=20_000)
+                expect(page.locator(f"{unit}_preview img")).to_be_visible(timeout=60_000)
                 break
             except AssertionError:
-                if attempt == 3:
+                if attempt == 2:
                     raise
         _fill_txt2img(page, "a red square", seed=21, steps=3, size=64)
         expect(page.locator("#txt2img_info")).to_contain_text("ControlNet 0", timeout=120_000)

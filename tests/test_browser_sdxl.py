@@ -31,6 +31,9 @@ def test_sdxl_buckets_and_size_conditioning_from_the_page(sdxl_studio):
         expect(page.locator("#txt2img_sdxl_bucket")).to_be_hidden()  # an SD1 model has no such conditioning
         _pick(page, "#setting_sd_model_checkpoint", "tiny-sdxl")
         expect(page.locator("#txt2img_sdxl_bucket")).to_be_visible(timeout=60_000)
+        # The picker shows the widgets at once but sets the model's own size when its load ends: wait for
+        # that, or on a slow machine it lands after the bucket and overwrites it.
+        expect(page.locator("#txt2img_width input[type=number]")).to_have_value("1024", timeout=120_000)
         _pick(page, "#txt2img_sdxl_bucket", "1216x832")
         expect(page.locator("#txt2img_width input[type=number]")).to_have_value("1216", timeout=30_000)
         expect(page.locator("#txt2img_height input[type=number]")).to_have_value("832")
