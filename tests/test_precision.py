@@ -196,4 +196,7 @@ def test_the_channels_last_layout_changes_no_output_beyond_float_noise(contexts)
         contiguous = _pixels(ctx.service.txt2img(Txt2ImgRequest(**JOB)).images[0])
     finally:
         unet.to(memory_format=torch.channels_last)
-    assert np.abs(channels_last - contiguous).mean() < 1.0  # summation order only
+    other_seed = _pixels(ctx.service.txt2img(Txt2ImgRequest(**{**JOB, "seed": JOB["seed"] + 1})).images[0])
+    # Summation order only: on CPUs with native bf16 (AMX) the two layouts take kernels that round apart
+    # by about a pixel level on average; another seed's picture is far further away.
+    assert np.abs(channels_last - contiguous).mean() < 3.0 < np.abs(channels_last - other_seed).mean()
