@@ -112,6 +112,53 @@ def sdxl_size_readers(numbers, fields: list[str]) -> PasteTarget:
             for number, field in zip(numbers, fields)]
 
 
+def match_checkpoint(value: str, titles: list[str]) -> str | None:
+    """The listed title an infotext's "name [hash]" means: by title, then name (with or without the file's
+    extension, or its folder), then hash, as A1111's closest-checkpoint match."""
+    wanted = value.strip()
+    name, _, rest = wanted.partition(" [")
+    shorthash = rest[:-1].lower() if rest.endswith("]") else ""
+
+    def names(title: str) -> set[str]:
+        plain = title.split(" [")[0]
+        stem = plain.rsplit(".", 1)[0] if "." in plain.rsplit("/", 1)[-1] else plain
+        return {plain, stem, plain.rsplit("/", 1)[-1], stem.rsplit("/", 1)[-1]}
+
+    for match in (lambda t: t == wanted, lambda t: name in names(t),
+                  lambda t: bool(shorthash) and t.lower().endswith(f" [{shorthash}]")):
+        found = [t for t in titles if match(t)]
+        if found:
+            return found[0]
+    return None
+
+
+def refiner_readers(enabled, checkpoint, switch_at, titles: Callable[[], list[str]]) -> PasteTarget:
+    """A1111's "Refiner: name [hash]" and "Refiner switch at"; `titles`: the checkpoints listed now.
+
+    An infotext without a refiner turns it off; one naming a checkpoint this studio lacks too (with a
+    warning): another refiner would not reproduce the picture."""
+    def found(params: dict[str, str]) -> str | None:
+        return match_checkpoint(params["Refiner"], titles()) if params.get("Refiner") else None
+
+    def read_enabled(params: dict[str, str]) -> bool:
+        if not params.get("Refiner"):
+            return False
+        if found(params) is None:
+            gr.Warning(f"The refiner {params['Refiner']} is not in the checkpoint list: the refiner is off")
+            return False
+        return True
+
+    def read_checkpoint(params: dict[str, str]) -> Any:
+        title = found(params)
+        return SKIP if title is None else gr.update(choices=titles(), value=title)
+
+    return [
+        (enabled, read_enabled),
+        (checkpoint, read_checkpoint),
+        (switch_at, lambda params: _number("Refiner switch at", float)(params) if found(params) else SKIP),
+    ]
+
+
 def hires_readers(enabled, upscaler, steps, denoise, scale, resize_x, resize_y) -> PasteTarget:
     return [
         (enabled, lambda params: any(k in params for k in _HIRES_KEYS)),

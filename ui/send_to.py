@@ -17,6 +17,7 @@ from backend.images.loading import ImageInputError, open_image, to_rgb
 from ui import paste_fields as pf
 from ui.img2img import Img2ImgTab
 from ui.png_info import PngInfoTab
+from ui.refiner import RefinerWidgets
 from ui.txt2img import Txt2ImgTab
 from ui.widgets import ResultWidgets
 
@@ -29,7 +30,7 @@ def txt2img_target(tab: Txt2ImgTab, samplers: SamplerCatalog = BUILTIN_SAMPLERS)
                                hires.resize_x, hires.resize_y)
             + pf.restore_faces_reader(tab.restore_faces) + pf.tiling_reader(tab.tiling)
             + pf.seed_extra_readers(tab.seeds) + pf.control_readers(tab.control.units)
-            + pf.sdxl_size_readers(tab.sdxl.numbers, tab.sdxl.fields))
+            + pf.sdxl_size_readers(tab.sdxl.numbers, tab.sdxl.fields) + _refiner(tab.refiner))
 
 
 def img2img_target(tab: Img2ImgTab, samplers: SamplerCatalog = BUILTIN_SAMPLERS) -> pf.PasteTarget:
@@ -38,7 +39,11 @@ def img2img_target(tab: Img2ImgTab, samplers: SamplerCatalog = BUILTIN_SAMPLERS)
             + pf.img2img_readers(tab.denoise, tab.resize_mode, tab.mask_blur, tab.mask_mode, tab.masked_content,
                                  tab.inpaint_area, tab.padding)
             + pf.restore_faces_reader(tab.restore_faces) + pf.tiling_reader(tab.tiling)
-            + pf.seed_extra_readers(tab.seeds) + pf.control_readers(tab.control.units))
+            + pf.seed_extra_readers(tab.seeds) + pf.control_readers(tab.control.units) + _refiner(tab.refiner))
+
+
+def _refiner(widgets: RefinerWidgets) -> pf.PasteTarget:
+    return pf.refiner_readers(widgets.enabled, widgets.checkpoint, widgets.switch_at, widgets.titles)
 
 
 def _gallery_pick(gallery, selected, infotexts) -> tuple[Image.Image, str]:

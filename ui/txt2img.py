@@ -14,6 +14,8 @@ from backend.generation.request import HIRES_UPSCALERS, Txt2ImgRequest
 from ui.controlnet import ControlWidgets, build_control_accordions
 from ui.errors import user_message
 from ui.extra_networks import build_extra_networks
+from ui.live import build_live_toggle, wire_live
+from ui.refiner import RefinerWidgets, build_refiner
 from ui.scripts import build_extension_accordions, build_script_row
 from ui.sdxl_size import SdxlSizeWidgets, build_sdxl_size
 from ui.session_jobs import SessionJobs
@@ -71,6 +73,7 @@ class Txt2ImgTab:
     seeds: SeedWidgets
     tiling: gr.Checkbox
     sdxl: SdxlSizeWidgets
+    refiner: RefinerWidgets
 
     @property
     def generate(self) -> gr.Button:
@@ -106,6 +109,7 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                                             elem_id="txt2img_hr_resize_x")
                     hr_resize_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                             elem_id="txt2img_hr_resize_y")
+            refiner = build_refiner(ctx, "txt2img", checkpoint)
             with gr.Row():
                 with gr.Column(scale=4):
                     width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
@@ -122,21 +126,24 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
             script = build_script_row(ctx, "txt2img")
 
         with gr.Column(scale=1, elem_id="txt2img_results"):
+            live_toggle = build_live_toggle("txt2img")
             results = build_results("txt2img", last_seed)
 
     hires = HiresWidgets(enabled=hr_enabled, upscaler=hr_upscaler, steps=hr_steps, denoise=hr_denoise,
                          scale=hr_scale, resize_x=hr_resize_x, resize_y=hr_resize_y)
     inputs = [checkpoint, row.prompt, row.negative, row.styles, sampler, schedule, steps, cfg, width, height,
               *seeds.inputs, batch_count, batch_size, clip_skip, hr_enabled, hr_upscaler, hr_scale, hr_resize_x,
-              hr_resize_y, hr_steps, hr_denoise, restore_faces, tiling, *sdxl.inputs, *control.inputs,
-              *extension_controls.inputs, *script.inputs]
+              hr_resize_y, hr_steps, hr_denoise, restore_faces, tiling, *sdxl.inputs, *refiner.inputs,
+              *control.inputs, *extension_controls.inputs, *script.inputs]
     n_sdxl, n_control, n_extension = len(sdxl.inputs), len(control.inputs), extension_controls.count
+    n_refiner = len(refiner.inputs)
 
     # `request` first: Gradio fills a gr.Request only among the leading positional parameters.
     def run(request: gr.Request, checkpoint_title, prompt_text, negative_text, style_names, sampler_name, schedule_type, n_steps,
             cfg_scale, w, h, seed_value, subseed, subseed_strength, resize_w, resize_h, n_iter, n_batch,
-            skip_layers, hr_on, hr_up, hr_by, hr_x, hr_y, hr_n, hr_strength, restore, tile, *more):
+            skip_layers, hr_on, hr_up, hr_by, hr_x, hr_y, hr_n, hr_strength, restore, tile, *more, live=None):
         sdxl_values, more = more[:n_sdxl], more[n_sdxl:]
+        refiner_values, more = more[:n_refiner], more[n_refiner:]
         control_values, extension_values = more[:n_control], more[n_control:n_control + n_extension]
         try:
             req = Txt2ImgRequest.model_validate(dict(
@@ -149,19 +156,24 @@ def build_txt2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                 hires={"enabled": bool(hr_on), "upscaler": hr_up, "upscale_by": float(hr_by),
                        "resize_x": int(hr_x), "resize_y": int(hr_y), "steps": int(hr_n),
                        "denoising_strength": float(hr_strength)},
-                **sdxl.request_fields(list(sdxl_values)),
+                **sdxl.request_fields(list(sdxl_values)), **refiner.request_fields(list(refiner_values)),
                 controlnet_units=control.units_from(list(control_values)),
                 **extension_controls.request_fields(list(extension_values)),
                 **script.request_fields(list(more[n_control + n_extension:]))),
                 context=ctx.service.request_context)  # the studio's samplers, extensions' among them
         except Exception as exc:  # validation: say which field is wrong
             raise gr.Error(user_message(exc)) from None
-        yield from stream_job(ctx, jobs, request.session_hash, "txt2img", lambda job: ctx.service.txt2img(req, job))
+        if live is not None:  # a live frame (ui/live.py) is a draft: not saved
+            req = req.model_copy(update={"save_images": False})
+        yield from stream_job(ctx, jobs, request.session_hash, "txt2img", lambda job: ctx.service.txt2img(req, job),
+                              live=live)
 
     row.generate.click(run, inputs=inputs, outputs=results.outputs, concurrency_limit=None)
     row.prompt.submit(run, inputs=inputs, outputs=results.outputs, concurrency_limit=None)
     wire_job_buttons(row, jobs)
+    wire_live(live_toggle, run, [row.prompt, row.negative, row.styles, sampler, schedule, steps, cfg, width, height,
+                                 *seeds.inputs, clip_skip, restore_faces, tiling], inputs, results.outputs)
     return Txt2ImgTab(row=row, results=results, sampler=sampler, schedule=schedule, steps=steps, cfg=cfg,
                       width=width, height=height, seed=seeds.seed, batch_count=batch_count, batch_size=batch_size,
                       clip_skip=clip_skip, hires=hires, restore_faces=restore_faces, control=control, seeds=seeds,
-                      tiling=tiling, sdxl=sdxl)
+                      tiling=tiling, sdxl=sdxl, refiner=refiner)

@@ -19,6 +19,7 @@ from backend.generation.job import JobControl
 from backend.generation.samplers import SCHEDULE_TYPES
 from backend.generation.service import GenerationResult
 from ui.errors import user_message
+from ui.live import LiveTicket
 from ui.progress import progress_html
 from ui.session_jobs import SessionJobs
 
@@ -208,10 +209,15 @@ def wire_job_buttons(row: PromptRow, jobs: SessionJobs) -> None:
 
 
 def stream_job(ctx: AppContext, jobs: SessionJobs, session: str, name: str,
-               generate: Callable[[JobControl], GenerationResult]):
-    """Run `generate` in a worker thread; yield progress, then the results (ResultWidgets.outputs order)."""
+               generate: Callable[[JobControl], GenerationResult], live: LiveTicket | None = None):
+    """Run `generate` in a worker thread; yield progress, then the results (ResultWidgets.outputs order).
+
+    With `live` (ui/live.py) the job is one live frame: a newer trigger interrupts it, and then it shows
+    neither its picture nor its error, so the gallery ends on the newest frame."""
     opts = ctx.options.options
     job = jobs.start(session, opts.show_progress_every_n_steps if opts.live_previews_enable else 0)
+    if live is not None:
+        live.begin(job)
     outcome: dict = {}
 
     def work():
@@ -235,6 +241,10 @@ def stream_job(ctx: AppContext, jobs: SessionJobs, session: str, name: str,
         worker.join()
     finally:
         jobs.finish(session, job)
+        superseded = live is not None and not live.end(job)
+    if superseded:  # clear this frame's progress; the gallery keeps what the newer frame shows
+        yield gr.skip(), "", None, gr.skip(), gr.skip(), gr.skip()
+        return
     if "error" in outcome:
         raise gr.Error(user_message(outcome["error"]))
     result = outcome["result"]
