@@ -270,3 +270,47 @@ def test_the_server_mounts_the_route_with_the_api(ctx):
     client = TestClient(build_http_app(ctx, args, [], []), raise_server_exceptions=False)
     assert "scheduler" in problems(client.post(URL, json={**SEED_BODY, "scheduler": "nope"}))
     assert URL in client.get("/openapi.json").json()["paths"]
+
+
+def test_the_seed_body_with_refiner_true_runs_the_refiner_and_matches_sdapi(tmp_path, checkpoint_dir):
+    refiners = tmp_path / "refiners"
+    write_checkpoint(refiners / "sd_xl_refiner_1.0.safetensors", TinySpec("sdxl-refiner"), seed=9)
+    ctx = _context(tmp_path / "studio", [checkpoint_dir, refiners])
+    client = _client(ctx)
+    select(client, "sdxl.safetensors")
+    r = hosted(client, refiner=True, num_inference_steps=6, high_noise_fraction=0.5)
+    assert r.status_code == 200, r.text
+    picture = png(r.content)
+    assert "Refiner: sd_xl_refiner_1.0" in picture.info["parameters"]
+    assert "Refiner switch at: 0.5" in picture.info["parameters"]
+    same = sdapi_image(client, steps=6, refiner_checkpoint="sd_xl_refiner_1.0.safetensors", refiner_switch_at=0.5)
+    assert np.array_equal(pixels(picture), pixels(same))
+
+
+def test_sdapi_progress_and_interrupt_reach_a_hosted_job_when_the_routers_share_their_jobs(ctx):
+    import threading
+    import time
+
+    from backend.api.jobs import ApiJobs
+
+    jobs = ApiJobs()
+    app = FastAPI()
+    app.include_router(create_api_router(ctx, None, jobs), prefix="/sdapi/v1")
+    app.include_router(create_hosted_sdxl_router(ctx, None, jobs), prefix="/v1")
+    client = TestClient(app, raise_server_exceptions=False)
+    select(client, "sd1.safetensors")
+    answer = {}
+    worker = threading.Thread(target=lambda: answer.update(r=hosted(client, num_inference_steps=150)))
+    worker.start()
+    deadline, seen = time.monotonic() + 60, None
+    while time.monotonic() < deadline and worker.is_alive():
+        seen = client.get("/sdapi/v1/progress").json()
+        if seen["state"]["sampling_step"] >= 1:
+            break
+        time.sleep(0.05)
+    assert seen["current_task"] and seen["state"]["sampling_steps"] == 150  # the hosted job, seen by /sdapi/v1
+    assert client.post("/sdapi/v1/interrupt").status_code == 200
+    worker.join(60)
+    assert not worker.is_alive()
+    # Interrupted: A1111 answers what the job finished, here the partly denoised picture.
+    assert answer["r"].status_code == 200 and "Steps: 150" in png(answer["r"].content).info["parameters"]

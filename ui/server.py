@@ -18,6 +18,7 @@ from backend.api.auth import parse_credentials
 from backend.api.controlnet_routes import create_controlnet_router
 from backend.api.extension_routes import create_extension_router
 from backend.api.hosted_sdxl import create_hosted_sdxl_router
+from backend.api.jobs import ApiJobs
 from backend.api.routes import create_api_router
 from backend.api.sam_routes import sam_router
 from backend.app_context import AppContext, AppPaths, build_app_context
@@ -59,13 +60,14 @@ def build_http_app(ctx: AppContext, args: argparse.Namespace, ui_auth: list, api
                        allow_origin_regex=args.cors_allow_origins_regex, allow_methods=["*"], allow_headers=["*"],
                        allow_credentials=True)
     if documented:
-        app.include_router(create_api_router(ctx, api_auth), prefix="/sdapi/v1")
+        api_jobs = ApiJobs()  # /sdapi/v1/progress and /interrupt see the hosted-SDXL route's jobs too
+        app.include_router(create_api_router(ctx, api_auth, api_jobs), prefix="/sdapi/v1")
         app.include_router(create_controlnet_router(ctx, api_auth), prefix="/controlnet")
         # sd-webui-segment-anything's routes; SAM runs on the device, so its calls wait their turn there.
         app.include_router(sam_router(ctx.extras.segment, api_auth, on_device=ctx.service.queue.on_device_now),
                            prefix="/sam")
         app.include_router(create_extension_router(ctx.service.hooks, api_auth), prefix="/ext")
-        app.include_router(create_hosted_sdxl_router(ctx, api_auth), prefix="/v1")
+        app.include_router(create_hosted_sdxl_router(ctx, api_auth, api_jobs), prefix="/v1")
     if not args.nowebui:
         import gradio as gr
 

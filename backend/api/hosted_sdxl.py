@@ -213,11 +213,13 @@ def _pngs(result: Any, count: int) -> list[str]:
             for i, image in enumerate(result.images[:count])]
 
 
-def create_hosted_sdxl_router(ctx: Any, credentials: Credentials | None = None) -> APIRouter:
-    """The hosted-API route; the caller mounts it under /v1."""
+def create_hosted_sdxl_router(ctx: Any, credentials: Credentials | None = None,
+                              jobs: ApiJobs | None = None) -> APIRouter:
+    """The hosted-API route; the caller mounts it under /v1. `jobs`: shared with /sdapi/v1, so its
+    /progress, /interrupt and /skip reach these jobs too."""
     router = APIRouter(route_class=ErrorMappingRoute,
                        dependencies=[Depends(basic_auth_dependency(credentials or []))])
-    jobs = ApiJobs()
+    jobs = jobs if jobs is not None else ApiJobs()
 
     @router.post(PATH, responses={200: {"content": {"image/png": {}, "application/json": {}}}})
     def sdxl_txt2img(body: HostedSdxlTxt2Img, http: Request) -> Response:

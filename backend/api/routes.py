@@ -149,13 +149,14 @@ def _progress(task: ApiTask | None, skip_current_image: bool) -> ProgressRespons
                             current_image=image, textinfo=snap.text or None, current_task=task.task_id)
 
 
-def create_api_router(ctx: Any, credentials: Credentials | None = None) -> APIRouter:
+def create_api_router(ctx: Any, credentials: Credentials | None = None, jobs: ApiJobs | None = None) -> APIRouter:
     """Routes on `ctx` (an AppContext: options, manager, service). Prefix set by the caller.
 
-    With `credentials`, every route asks for HTTP Basic auth.
+    With `credentials`, every route asks for HTTP Basic auth. `jobs`: the API jobs /progress, /interrupt
+    and /skip see, shared with the other routers that run jobs.
     """
     router = APIRouter(route_class=ErrorMappingRoute, dependencies=[Depends(basic_auth_dependency(credentials or []))])
-    jobs = ApiJobs()
+    jobs = jobs if jobs is not None else ApiJobs()
 
     def run(http: Request, force_task_id: str | None, generate) -> Any:
         """Run `generate(job)` as the caller's job, known to /progress, /interrupt and /skip meanwhile."""
