@@ -22,6 +22,7 @@ from ui.extra_networks import build_extra_networks
 from ui.interrogate import build_interrogate_button, caption_for
 from ui.refiner import RefinerWidgets, build_refiner
 from ui.scripts import build_extension_accordions, build_script_row
+from ui.sdxl_size import SdxlSizeWidgets, build_sdxl_size
 from ui.segment import SegmentPanel, build_segment_panel, send_segment_to_inpaint
 from ui.session_jobs import SessionJobs
 from ui.widgets import (
@@ -78,6 +79,7 @@ class Img2ImgTab:
     control: ControlWidgets
     seeds: SeedWidgets
     tiling: gr.Checkbox
+    sdxl: SdxlSizeWidgets
     refiner: RefinerWidgets
 
 
@@ -160,6 +162,7 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                             batch_count, batch_size = build_batch_sliders("img2img")
                 with gr.Tab("Resize by", elem_id="img2img_tab_resize_by") as tab_resize_by:
                     scale_by = gr.Slider(0.05, 4.0, value=1.0, step=0.05, label="Scale", elem_id="img2img_scale")
+            sdxl = build_sdxl_size(ctx, "img2img", checkpoint, width, height)
             cfg = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="img2img_cfg_scale")
             denoise = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
                                 elem_id="img2img_denoising_strength")
@@ -184,9 +187,10 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
               upload_mask, outpaint_image, pad_left, pad_right, pad_up, pad_down, batch_input, batch_output,
               batch_masks, resize_mode, resize_by_tab, scale_by, mask_blur, mask_mode, masked_content,
               inpaint_area, padding, sampler, schedule, steps, cfg, denoise, width, height, *seeds.inputs,
-              batch_count, batch_size, clip_skip, restore_faces, tiling, *refiner.inputs, *control.inputs,
-              *extension_controls.inputs, *script.inputs]
-    n_refiner, n_control, n_extension = len(refiner.inputs), len(control.inputs), extension_controls.count
+              batch_count, batch_size, clip_skip, restore_faces, tiling, *sdxl.inputs, *refiner.inputs,
+              *control.inputs, *extension_controls.inputs, *script.inputs]
+    n_sdxl, n_refiner = len(sdxl.inputs), len(refiner.inputs)
+    n_control, n_extension = len(control.inputs), extension_controls.count
 
     # `request` first: Gradio fills a gr.Request only among the leading positional parameters.
     def run(request: gr.Request, mode_name, checkpoint_title, prompt_text, negative_text, style_names, image, sketch_value,
@@ -194,6 +198,7 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
             resize, resize_tab, factor, blur, mask_mode_name, content, area, pad, sampler_name, schedule_type,
             n_steps, cfg_scale, strength, w, h, seed_value, subseed, subseed_strength, resize_w, resize_h, n_iter,
             n_batch, skip_layers, restore, tile, *more):
+        sdxl_values, more = more[:n_sdxl], more[n_sdxl:]
         refiner_values, more = more[:n_refiner], more[n_refiner:]
         control_values, extension_values = more[:n_control], more[n_control:n_control + n_extension]
         skipped: list[tuple[str, str]] = []
@@ -208,7 +213,8 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
                 inpainting_fill=content, inpaint_full_res=area == "Only masked",
                 inpaint_full_res_padding=int(pad), inpainting_mask_invert=mask_mode_name == "Inpaint not masked",
                 width=int(w), height=int(h), controlnet_units=control.units_from(list(control_values)),
-                restore_faces=bool(restore), tiling=bool(tile), **refiner.request_fields(list(refiner_values)),
+                restore_faces=bool(restore), tiling=bool(tile), **sdxl.request_fields(list(sdxl_values)),
+                **refiner.request_fields(list(refiner_values)),
                 **extension_controls.request_fields(list(extension_values)),
                 **script.request_fields(list(more[n_control + n_extension:])))
             if mode_name == "batch":
@@ -259,7 +265,7 @@ def build_img2img_tab(ctx: AppContext, jobs: SessionJobs, checkpoint: gr.Dropdow
         seed=seeds.seed, batch_count=batch_count, batch_size=batch_size, clip_skip=clip_skip, resize_mode=resize_mode,
         mask_blur=mask_blur, mask_mode=mask_mode, masked_content=masked_content, inpaint_area=inpaint_area,
         padding=padding, restore_faces=restore_faces, segment=segment, control=control, seeds=seeds, tiling=tiling,
-        refiner=refiner)
+        sdxl=sdxl, refiner=refiner)
 
 
 def _need(image, what: str) -> Image.Image:

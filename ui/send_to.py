@@ -39,7 +39,8 @@ def img2img_target(tab: Img2ImgTab, samplers: SamplerCatalog = BUILTIN_SAMPLERS)
             + pf.img2img_readers(tab.denoise, tab.resize_mode, tab.mask_blur, tab.mask_mode, tab.masked_content,
                                  tab.inpaint_area, tab.padding)
             + pf.restore_faces_reader(tab.restore_faces) + pf.tiling_reader(tab.tiling)
-            + pf.seed_extra_readers(tab.seeds) + pf.control_readers(tab.control.units) + _refiner(tab.refiner))
+            + pf.seed_extra_readers(tab.seeds) + pf.control_readers(tab.control.units)
+            + pf.sdxl_size_readers(tab.sdxl.numbers, tab.sdxl.fields) + _refiner(tab.refiner))
 
 
 def _refiner(widgets: RefinerWidgets) -> pf.PasteTarget:
