@@ -19,7 +19,9 @@ tests/bench_upscale.py), and each precision (full / bf16 / auto) as whole jobs a
 tests/bench_precision.py (whose contexts keep the studio's default settings: live previews on, a cheap
 latent projection; every other row runs with previews off), live previews per method against previews
 off and "decode with TAESD" against the VAE (random-weight TAESD / Approx NN files at their real sizes),
-and `--compile` (inductor) against eager, with its first (compiling) job and a recompile check. The rows
+`--compile` (inductor) against eager, with its first (compiling) job and a recompile check, and
+(tests/bench_sdxl.py) 4 LCM steps at CFG 1 against 25 Euler a steps at CFG 7, and a refiner hand-over
+against the base alone at the same steps. The rows
 after txt2img use the full-size
 model by default and the demo model with --quick. Sampler Euler a, CFG 7, precision auto (what a user
 gets) unless the row says otherwise. Nothing downloads (HF_HUB_OFFLINE=1); random weights draw noise.
@@ -93,6 +95,7 @@ from tests.bench_rows import (  # noqa: E402
     timed,
     write_full_size_sdxl,
 )
+from tests.bench_sdxl import row_few_step, row_refiner  # noqa: E402
 from tests.bench_txt2img import median_seconds  # noqa: E402
 from tests.bench_upscale import MODELS as UPSCALER_MODELS  # noqa: E402
 from tests.bench_upscale import SPEED_SIZE, _direct, _library, _picture  # noqa: E402
@@ -370,6 +373,8 @@ ROWS: dict[str, Callable[[Bench], list[Row]]] = {
     "precision": row_precision,
     "previews": row_previews,
     "compiled-unet": row_compiled,
+    "few-step": row_few_step,
+    "refiner": row_refiner,
 }
 
 
