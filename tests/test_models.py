@@ -137,7 +137,7 @@ def test_evicted_models_are_released(tmp_path):
     manager.load("m2")
     gc.collect()
     baseline = process.memory_info().rss
-    for _ in range(10):
+    for _ in range(6):  # 12 loads: a model kept per load would be far above 10%
         manager.load("m1")
         manager.load("m2")
     gc.collect()

@@ -253,6 +253,24 @@ class DemoEvaluator:
         return run_txt2img(self.loaded, request, JobControl(), device_settings=self.device, prompt=prompt,
                            negative_prompt=negative).images[0]
 
+    def generate_batch(self, prompt: str, first_seed: int, count: int, negative: str = "",
+                       cfg: float = 7.0) -> list[Image.Image]:
+        """Pictures of seeds first_seed .. first_seed + count - 1, in the largest batches: the same pictures
+        as one `generate` per seed (to a level of float noise), about 1.7x faster on a CPU."""
+        from backend.generation.job import JobControl
+        from backend.generation.request import MAX_BATCH_SIZE, Txt2ImgRequest
+        from backend.generation.txt2img import run_txt2img
+
+        images = []
+        for start in range(first_seed, first_seed + count, MAX_BATCH_SIZE):
+            size = min(MAX_BATCH_SIZE, first_seed + count - start)
+            request = Txt2ImgRequest(prompt=prompt, negative_prompt=negative, steps=self.steps, cfg_scale=cfg,
+                                     width=self.size, height=self.size, seed=start, sampler_name=self.sampler,
+                                     batch_size=size)
+            images += run_txt2img(self.loaded, request, JobControl(), device_settings=self.device, prompt=prompt,
+                                  negative_prompt=negative).images
+        return images
+
     def adherence(self, prompts: list[tuple[str, Expected]], cfg: float, seed: int = 1000, rounds: int = 1) -> Scores:
         """Scores of one picture per prompt and round; round r uses seeds seed + 1000 r + i."""
         seeds = [(seed + 1000 * r + i, p, e) for r in range(rounds) for i, (p, e) in enumerate(prompts)]
@@ -260,8 +278,8 @@ class DemoEvaluator:
         return score(images, [e for _, _, e in seeds])
 
     def negative_prompt_effect(self, seeds: int = 48, seed: int = 5000) -> dict[str, float]:
-        plain = [self.generate("a circle", seed + i) for i in range(seeds)]
-        negated = [self.generate("a circle", seed + i, negative="red") for i in range(seeds)]
+        plain = self.generate_batch("a circle", seed, seeds)
+        negated = self.generate_batch("a circle", seed, seeds, negative="red")
         plain_colours = [dominant_colour(im) for im in plain]
         negated_colours = [dominant_colour(im) for im in negated]
         return {
