@@ -206,6 +206,22 @@ def test_extra_networks_card_puts_the_lora_tag_in_the_prompt(running_studio, che
         expect(page.locator("#txt2img_info")).to_contain_text("Lora hashes", timeout=120_000)
 
 
+def _fill_until_kept(page, values: dict[str, str], rounds: int = 3) -> None:
+    """Fill inputs (selector -> value). On a loaded machine an input filled while an accordion that was
+    just opened is still mounting can fall back to its old value: wait, and fill again what did not keep."""
+    from playwright.sync_api import expect
+
+    for _ in range(rounds):
+        for selector, value in values.items():
+            field = page.locator(selector)
+            if field.input_value() != value:
+                field.fill(value)
+                field.press("Enter")
+        page.wait_for_timeout(1000)
+    for selector, value in values.items():
+        expect(page.locator(selector)).to_have_value(value)
+
+
 def _pick(page, dropdown: str, option: str) -> None:
     """Choose `option` (its start) in a Gradio dropdown."""
     page.locator(f"{dropdown} input").click()

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from tests.fixtures.launched import launch_studio
-from tests.test_browser import NEEDS_CHROMIUM, _fill_txt2img, _pick, _studio_page
+from tests.test_browser import NEEDS_CHROMIUM, _fill_txt2img, _fill_until_kept, _pick, _studio_page
 
 pytestmark = pytest.mark.browser
 
@@ -36,11 +36,12 @@ def test_refiner_from_the_accordion_to_the_infotext_and_back_by_paste(refiner_st
         expect(page.locator("#txt2img_width input[type=number]")).to_have_value("1024", timeout=120_000)
         page.locator("#txt2img_refiner").get_by_text("Refiner", exact=True).click()
         enable = page.locator("#txt2img_enable_refiner input")
+        switch = page.locator("#txt2img_refiner_switch_at input[type=number]")
+        _fill_until_kept(page, {"#txt2img_refiner_switch_at input[type=number]": "0.5"})  # the accordion is up
         enable.check()
         _pick(page, "#txt2img_refiner_checkpoint", "tiny-sdxl-copy")
-        switch = page.locator("#txt2img_refiner_switch_at input[type=number]")
-        switch.fill("0.5")
-        switch.press("Enter")
+        expect(enable).to_be_checked()
+        expect(switch).to_have_value("0.5")
         _fill_txt2img(page, "a red ball", seed=4, steps=2, size=64)
         info = page.locator("#txt2img_info")
         expect(info).to_contain_text("Refiner: tiny-sdxl-copy", timeout=120_000)

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from tests.fixtures.launched import launch_studio
-from tests.test_browser import NEEDS_CHROMIUM, _fill_txt2img, _pick, _studio_page
+from tests.test_browser import NEEDS_CHROMIUM, _fill_txt2img, _fill_until_kept, _pick, _studio_page
 
 pytestmark = pytest.mark.browser
 
@@ -38,10 +38,10 @@ def test_sdxl_buckets_and_size_conditioning_from_the_page(sdxl_studio):
         expect(page.locator("#txt2img_width input[type=number]")).to_have_value("1216", timeout=30_000)
         expect(page.locator("#txt2img_height input[type=number]")).to_have_value("832")
         page.locator("#txt2img_sdxl_size").get_by_text("SDXL size conditioning").click()
-        page.locator("#txt2img_sdxl_original_width input").fill("2048")
-        page.locator("#txt2img_sdxl_original_height input").fill("1536")
-        page.locator("#txt2img_sdxl_negative_original_width input").fill("512")
-        page.locator("#txt2img_sdxl_negative_original_height input").fill("512")
+        _fill_until_kept(page, {"#txt2img_sdxl_original_width input": "2048",
+                                "#txt2img_sdxl_original_height input": "1536",
+                                "#txt2img_sdxl_negative_original_width input": "512",
+                                "#txt2img_sdxl_negative_original_height input": "512"})
         _fill_txt2img(page, "a red ball", seed=4, steps=2, size=64)
         info = page.locator("#txt2img_info")
         expect(info).to_contain_text("SDXL original size: 2048x1536", timeout=120_000)
