@@ -2,11 +2,9 @@
 live pictures are not saved."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from tests.fixtures.launched import launch_studio
+from tests.fixtures.launched import launch_studio, models_folder
 from tests.test_browser import NEEDS_CHROMIUM, _studio_page
 
 pytestmark = pytest.mark.browser
@@ -14,9 +12,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def live_studio(tmp_path, checkpoint_dir):
-    models = tmp_path / "Stable-diffusion"
-    models.mkdir()
-    shutil.copy(checkpoint_dir / "sd1.safetensors", models / "tiny-sd1.safetensors")
+    models = models_folder(tmp_path, checkpoint_dir, {"tiny-sd1.safetensors": "sd1.safetensors"})
     for url in launch_studio(tmp_path, models):
         yield url, tmp_path
 

@@ -3,11 +3,10 @@ paste button turns it on (or off) from a pasted infotext."""
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 
-from tests.fixtures.launched import launch_studio
+from tests.fixtures.launched import launch_studio, models_folder
 from tests.test_browser import NEEDS_CHROMIUM, _fill_txt2img, _fill_until_kept, _pick, _studio_page
 
 pytestmark = pytest.mark.browser
@@ -15,11 +14,11 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def refiner_studio(tmp_path, checkpoint_dir):
-    models = tmp_path / "Stable-diffusion"
-    models.mkdir()
-    shutil.copy(checkpoint_dir / "sd1.safetensors", models / "tiny-sd1.safetensors")  # the page opens on it
-    shutil.copy(checkpoint_dir / "sdxl.safetensors", models / "tiny-sdxl.safetensors")
-    shutil.copy(checkpoint_dir / "sdxl.safetensors", models / "tiny-sdxl-copy.safetensors")  # another file: a refiner
+    models = models_folder(tmp_path, checkpoint_dir, {
+        "tiny-sd1.safetensors": "sd1.safetensors",  # the page opens on it
+        "tiny-sdxl.safetensors": "sdxl.safetensors",
+        "tiny-sdxl-copy.safetensors": "sdxl.safetensors",  # another file: a refiner
+    })
     for url in launch_studio(tmp_path, models):
         yield url, tmp_path
 

@@ -2,11 +2,9 @@
 height, and the conditioning accordion's values reach the picture's infotext."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from tests.fixtures.launched import launch_studio
+from tests.fixtures.launched import launch_studio, models_folder
 from tests.test_browser import NEEDS_CHROMIUM, _fill_txt2img, _fill_until_kept, _pick, _studio_page
 
 pytestmark = pytest.mark.browser
@@ -14,10 +12,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def sdxl_studio(tmp_path, checkpoint_dir):
-    models = tmp_path / "Stable-diffusion"
-    models.mkdir()
-    shutil.copy(checkpoint_dir / "sd1.safetensors", models / "tiny-sd1.safetensors")
-    shutil.copy(checkpoint_dir / "sdxl.safetensors", models / "tiny-sdxl.safetensors")
+    models = models_folder(tmp_path, checkpoint_dir, {"tiny-sd1.safetensors": "sd1.safetensors", "tiny-sdxl.safetensors": "sdxl.safetensors"})
     for url in launch_studio(tmp_path, models):
         yield url, tmp_path
 
